@@ -1,0 +1,1 @@
+"""The local Kafka + PostgreSQL stack that development, `make run` and tests use."""

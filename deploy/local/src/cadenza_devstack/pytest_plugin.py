@@ -1,0 +1,100 @@
+"""Session-scoped pytest fixtures for the real Kafka and Postgres servers.
+
+By default the fixtures bring up the local stack with the launcher (and stop it
+at the end if they started it). With `CADENZA_TEST_KAFKA` and
+`CADENZA_TEST_DATABASE_URL` set, they use those servers instead. Each test
+session gets its own database (migrated from empty) and its own topic prefix,
+so sessions never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from cadenza_common.db import upgrade
+from cadenza_common.events import Topics
+from cadenza_common.kafka import ensure_topics
+from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.stack import Stack, StackInfo
+
+
+@pytest.fixture(scope="session")
+def devstack() -> Iterator[StackInfo]:
+    """The servers tests run against: configured ones, or the local stack."""
+    kafka = os.environ.get("CADENZA_TEST_KAFKA")
+    database = os.environ.get("CADENZA_TEST_DATABASE_URL")
+    if kafka and database:
+        yield StackInfo(kafka, DatabaseSettings(url=database).url)
+        return
+    stack = Stack()
+    was_running = all(stack.status().values())
+    info = stack.up()
+    yield info
+    if not was_running and not os.environ.get("CADENZA_TEST_KEEP_STACK"):
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(devstack: StackInfo) -> str:
+    """Bootstrap servers of the real broker."""
+    return devstack.bootstrap_servers
+
+
+def new_kafka_settings(bootstrap_servers: str) -> KafkaSettings:
+    """Kafka settings under a prefix nobody else uses, with all of Cadenza's topics created."""
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=f"test{uuid.uuid4().hex[:10]}.",
+        client_id="cadenza-tests",
+    )
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    """Kafka settings with a topic prefix of this session's own; its topics exist."""
+    return new_kafka_settings(kafka_bootstrap)
+
+
+@pytest.fixture
+def fresh_kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """Kafka settings with a topic prefix of this test's own (empty topics)."""
+    return new_kafka_settings(kafka_bootstrap)
+
+
+@pytest.fixture(scope="session")
+def topics(kafka_settings: KafkaSettings) -> Topics:
+    """Physical topic names of this session."""
+    return Topics(kafka_settings.topic_prefix)
+
+
+@pytest.fixture(scope="session")
+def database_url(devstack: StackInfo) -> Iterator[str]:
+    """A fresh database of this session's own, migrated to head; dropped afterwards."""
+    name = f"cadenza_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_dsn(devstack.database_url)
+    asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
+    url = devstack.database_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _admin_dsn(url: str) -> str:
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return dsn.rsplit("/", 1)[0] + "/postgres"
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

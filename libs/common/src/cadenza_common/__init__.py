@@ -1,0 +1,1 @@
+"""Shared models and helpers for every Cadenza service."""

@@ -1,0 +1,1 @@
+"""Cadenza audit-sink service."""

@@ -1,0 +1,1 @@
+"""Cadenza step-runner service."""

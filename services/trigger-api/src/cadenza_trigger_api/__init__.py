@@ -1,0 +1,1 @@
+"""Cadenza trigger-api service."""
