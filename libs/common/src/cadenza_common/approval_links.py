@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cadenza_common.crypto import derive_key
 from cadenza_common.settings import SecuritySettings
@@ -42,6 +42,7 @@ class DecisionToken(BaseModel):
     node_id: str
     decision: Literal["approve", "reject"]
     expires_at: datetime
+    decided_by: str = Field(description="the identity the link was issued to (key id or email)")
 
 
 def links_key(settings: SecuritySettings) -> bytes:
