@@ -77,6 +77,7 @@ def _token(expires: datetime) -> approval_links.DecisionToken:
         node_id="approve",
         decision="approve",
         expires_at=expires,
+        decided_by="key1",
     )
 
 
