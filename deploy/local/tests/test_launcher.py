@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,6 +43,9 @@ def own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         (directory / "kafka" / "lib").symlink_to(shared_jars)
     yield directory
     _cli(directory, "down")
+    pg_home = Stack(directory).postgres.data_dir.parent
+    if not pg_home.is_relative_to(directory):  # the /var/tmp fallback: leave nothing behind
+        shutil.rmtree(pg_home, ignore_errors=True)
 
 
 async def _probe(stack: Stack) -> None:
