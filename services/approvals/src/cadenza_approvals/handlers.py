@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cadenza_approvals import metrics
 from cadenza_approvals.domain.decide import Verdict
-from cadenza_approvals.repository import ApprovalRepository, Recorded
+from cadenza_approvals.repository import ApprovalRepository, Recorded, TaskRef
 from cadenza_common import events as ev
 from cadenza_common.kafka import ConsumerRecord, UnhandleableRecord, send_event, traceparent_of
 
@@ -21,18 +21,16 @@ log = logging.getLogger(__name__)
 NODE_ENDED = (ev.StepSucceeded, ev.StepFailed, ev.StepSkipped)
 
 
-def build_outcome(
-    task_id: uuid.UUID | None, verdict: Verdict, submitted: ev.ApprovalDecisionSubmitted
-) -> ev.StepSucceeded | ev.StepFailed | None:
+def build_outcome(task: TaskRef, verdict: Verdict) -> ev.StepSucceeded | ev.StepFailed | None:
     """The steps.completed event for a verdict that ended its task (None while still open)."""
     outcome = verdict.outcome
-    if outcome is None or task_id is None:
+    if outcome is None:
         return None
     step = {
-        "execution_id": submitted.execution_id,
-        "org_id": submitted.org_id,
-        "node_id": submitted.node_id,
-        "attempt": submitted.attempt,
+        "execution_id": task.execution_id,
+        "org_id": task.org_id,
+        "node_id": task.node_id,
+        "attempt": task.attempt,
     }
     if not outcome.fails_step:
         return ev.StepSucceeded(**step, output=outcome.output())
@@ -146,9 +144,7 @@ class ApprovalHandler:
             await self.refresh_open_gauge()
 
     async def _decide(self, event: ev.ApprovalDecisionSubmitted, traceparent: str | None) -> None:
-        recorded = await self._repo.record_decision(
-            event, lambda task_id, verdict: build_outcome(task_id, verdict, event)
-        )
+        recorded = await self._repo.record_decision(event, build_outcome)
         if not recorded.duplicate:
             _observe(event, recorded)
             if recorded.outcome is not None:

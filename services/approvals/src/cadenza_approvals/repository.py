@@ -19,7 +19,18 @@ from cadenza_common.events import Actor
 
 OPEN = "open"
 
-OutcomeBuilder = Callable[[uuid.UUID, Verdict], "ev.StepSucceeded | ev.StepFailed | None"]
+OutcomeBuilder = Callable[["TaskRef", Verdict], "ev.StepSucceeded | ev.StepFailed | None"]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """Which step attempt a task belongs to (what its outcome event names)."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    execution_id: uuid.UUID
+    node_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,10 @@ def _task(row: Any) -> Task:
         on_reject=row.on_reject,
         escalate_to=tuple(row.escalate_to),
     )
+
+
+def _ref(row: Any) -> TaskRef:
+    return TaskRef(row.id, row.org_id, row.execution_id, row.node_id, row.attempt)
 
 
 def _decision(row: Any) -> Decision:
@@ -168,7 +183,8 @@ class ApprovalRepository:
             verdict = judge(_task(row) if row else None, accepted, submitted, token_used=token_used)
             if not await self._insert_decision(conn, event, task_id, verdict):
                 return Recorded(duplicate=True, task_id=task_id)
-            outcome = build_outcome(task_id, verdict) if task_id else None
+            ref = _ref(row) if row is not None else None
+            outcome = build_outcome(ref, verdict) if ref is not None else None
             if task_id and outcome is not None and verdict.outcome is not None:
                 await self._close_decided(conn, task_id, verdict.outcome.decision, outcome)
             return Recorded(
@@ -184,16 +200,17 @@ class ApprovalRepository:
         return bool((await conn.execute(stmt)).scalar())
 
     async def _lock_task(self, conn: AsyncConnection, event: ev.ApprovalDecisionSubmitted) -> Any:
-        stmt = (
-            select(approval_tasks)
-            .where(
-                approval_tasks.c.org_id == event.org_id,
-                approval_tasks.c.execution_id == event.execution_id,
-                approval_tasks.c.node_id == event.node_id,
-                approval_tasks.c.attempt == event.attempt,
-            )
-            .with_for_update()
-        )
+        where = [
+            approval_tasks.c.org_id == event.org_id,
+            approval_tasks.c.execution_id == event.execution_id,
+            approval_tasks.c.node_id == event.node_id,
+        ]
+        if event.task_id is not None:
+            # the submitter named the task: its attempt wins over the event's default
+            where.append(approval_tasks.c.id == event.task_id)
+        else:
+            where.append(approval_tasks.c.attempt == event.attempt)
+        stmt = select(approval_tasks).where(*where).with_for_update()
         return (await conn.execute(stmt)).first()
 
     async def _accepted(self, conn: AsyncConnection, task_id: uuid.UUID) -> list[Decision]:

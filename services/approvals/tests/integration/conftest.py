@@ -146,6 +146,7 @@ class Harness:
         kind: str = "api_key",
         comment: str = "",
         token_id: str | None = None,
+        task_id: uuid.UUID | None = None,
     ) -> ev.ApprovalDecisionSubmitted:
         """Publish one decision on approvals.decisions."""
         event = ev.ApprovalDecisionSubmitted(
@@ -157,6 +158,7 @@ class Harness:
             comment=comment,
             decided_by=ev.Actor(kind=kind, id=key, roles=list(roles)),  # type: ignore[arg-type]
             token_id=token_id,
+            task_id=task_id,
         )
         await self.publish(self.topics.approvals_decisions, event)
         return event

@@ -200,7 +200,12 @@ async def test_a_signed_link_decides_once_and_never_twice(harness: Harness) -> N
 
     for _ in range(2):
         await harness.decide(
-            request, token.decided_by, token.decision, kind="signed_link", token_id=token.token_id
+            request,
+            token.decided_by,
+            token.decision,
+            kind="signed_link",
+            token_id=token.token_id,
+            task_id=token.task_id,
         )
 
     first, second = await harness.recorded(request.execution_id, 2)
@@ -216,7 +221,12 @@ async def test_a_signed_link_decides_as_the_key_it_was_issued_to(harness: Harnes
 
     for token in (stranger, alice):
         await harness.decide(
-            request, token.decided_by, token.decision, kind="signed_link", token_id=token.token_id
+            request,
+            token.decided_by,
+            token.decision,
+            kind="signed_link",
+            token_id=token.token_id,
+            task_id=token.task_id,
         )
 
     refused, accepted = await harness.recorded(request.execution_id, 2)
@@ -225,6 +235,36 @@ async def test_a_signed_link_decides_as_the_key_it_was_issued_to(harness: Harnes
     [outcome] = await harness.completed.of(request.execution_id)
     assert isinstance(outcome, ev.StepSucceeded)
     assert outcome.output["approvers"] == ["alice"]
+
+
+async def test_a_decision_naming_its_task_completes_that_attempt(harness: Harness) -> None:
+    request = await harness.request(attempt=2)
+    task_id = (await harness.task(request)).id
+    decision = ev.ApprovalDecisionSubmitted(
+        execution_id=request.execution_id,
+        org_id=request.org_id,
+        node_id=request.node_id,
+        decision="approve",
+        decided_by=ev.Actor(kind="api_key", id="alice"),
+        task_id=task_id,
+    )
+
+    await harness.publish(harness.topics.approvals_decisions, decision)
+
+    [outcome] = await harness.completed.of(request.execution_id)
+    assert isinstance(outcome, ev.StepSucceeded)
+    assert outcome.attempt == 2
+
+
+async def test_a_decision_naming_another_executions_task_is_refused(harness: Harness) -> None:
+    other = await harness.request()
+    request = await harness.request()
+
+    await harness.decide(request, "alice", "approve", task_id=(await harness.task(other)).id)
+
+    [row] = await harness.recorded(request.execution_id, 1)
+    assert row.refusal_reason == "no_task"
+    assert (await harness.task(other)).status == "open"
 
 
 async def test_a_decision_delivered_twice_completes_the_step_once(harness: Harness) -> None:
@@ -293,9 +333,7 @@ async def test_an_outcome_committed_before_a_crash_is_sent_at_restart_once(
         decided_by=ev.Actor(kind="api_key", id="alice"),
     )
     # the deciding transaction commits, then the process "dies" before sending
-    await ApprovalRepository(harness.engine).record_decision(
-        decision, lambda task_id, verdict: build_outcome(task_id, verdict, decision)
-    )
+    await ApprovalRepository(harness.engine).record_decision(decision, build_outcome)
 
     async with running(service_settings(harness.kafka, database_url)):
         [outcome] = await harness.completed.of(request.execution_id)
