@@ -57,17 +57,18 @@ class ApprovalsService:
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
     ) -> None:
-        wanted = [topics.executions_events, topics.approvals_decisions]
-        dead = kafka.DeadLetters(producer, topics, self.settings.group_id)
-        async with kafka.consumer(self.settings.kafka, wanted, self.settings.group_id) as cons:
+        # two groups, so decisions never queue behind a backlog of execution history
+        settings, group = self.settings.kafka, self.settings.group_id
+        dead = kafka.DeadLetters(producer, topics, group)
+        async with (
+            kafka.consumer(settings, [topics.executions_events], f"{group}.events") as events,
+            kafka.consumer(settings, [topics.approvals_decisions], f"{group}.decisions") as votes,
+        ):
             self.ready.set()
-            resend = asyncio.create_task(self._resend_loop(sender, stop))
-            try:
-                await kafka.consume_forever(cons, handler.handle, dead, stop=stop)
-            finally:
-                resend.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await resend
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(kafka.consume_forever(events, handler.handle, dead, stop=stop))
+                tasks.create_task(kafka.consume_forever(votes, handler.handle, dead, stop=stop))
+                tasks.create_task(self._resend_loop(sender, stop))
 
     async def _resend_loop(self, sender: OutcomeSender, stop: asyncio.Event) -> None:
         # covers a send that failed while the process stayed up

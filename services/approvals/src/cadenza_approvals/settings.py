@@ -9,7 +9,11 @@ from cadenza_common.settings import DatabaseSettings, KafkaSettings
 
 
 class Settings(BaseSettings):
-    """Where Kafka and Postgres are, the consumer group and the health/metrics port."""
+    """Where Kafka and Postgres are, the consumer groups and the health/metrics port.
+
+    `group_id` is a base: the service consumes `executions.events` as `<group_id>.events`
+    and `approvals.decisions` as `<group_id>.decisions`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_APPROVALS_", extra="ignore")
 

@@ -95,6 +95,13 @@ def test_refusals_name_their_reason() -> None:
         (_task(four_eyes=True), [], _approve("starter", "finance"), False, Refusal.FOUR_EYES),
         (_task(required=2), accepted, _approve("alice"), False, Refusal.ALREADY_DECIDED),
         (_task(), [], _approve("alice", token_id="t1"), True, Refusal.TOKEN_USED),
+        (
+            _task(),
+            [],
+            Decision(_by("alice", kind="signed_link"), "approve"),
+            False,
+            Refusal.TOKEN_MISSING,
+        ),
     ]
 
     for task, prior, decision, token_used, reason in cases:

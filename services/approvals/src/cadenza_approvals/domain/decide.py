@@ -23,6 +23,7 @@ class Refusal(StrEnum):
     NO_TASK = "no_task"
     LATE = "late"
     TOKEN_USED = "token_used"
+    TOKEN_MISSING = "token_missing"
     NOT_AN_APPROVER = "not_an_approver"
     FOUR_EYES = "four_eyes"
     ALREADY_DECIDED = "already_decided"
@@ -109,6 +110,8 @@ def _refusal(
         return Refusal.LATE
     if decision.token_id is not None and token_used:
         return Refusal.TOKEN_USED
+    if decision.decider.kind == "signed_link" and decision.token_id is None:
+        return Refusal.TOKEN_MISSING
     if not may_decide(task, decision.decider):
         return Refusal.NOT_AN_APPROVER
     if task.four_eyes and decision.decider.id == task.initiated_by:
