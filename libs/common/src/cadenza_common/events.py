@@ -279,6 +279,12 @@ class ApprovalDecisionSubmitted(StepEvent):
     comment: str = ""
     decided_by: Actor
     token_id: str | None = None
+    task_id: uuid.UUID | None = Field(
+        default=None,
+        description="the approval task decided on, when the submitter knows it (inbox, signed"
+        " link); the approvals service then checks it names this execution and node and takes"
+        " the attempt from the task",
+    )
 
 
 # --- steps.ready -------------------------------------------------------------------------------

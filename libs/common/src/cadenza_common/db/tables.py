@@ -274,8 +274,17 @@ approval_tasks = Table(
     Column("escalate_to", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     _created_at(),
     Column("closed_at", DateTime(timezone=True)),
+    # the StepSucceeded/StepFailed a decision produced, written in the deciding transaction
+    # and sent after commit; `outcome_emitted_at` stays NULL until the broker acknowledged it
+    Column("outcome", JSONB),
+    Column("outcome_emitted_at", DateTime(timezone=True)),
     UniqueConstraint("execution_id", "node_id", "attempt"),
     Index("ix_approval_tasks_open", "org_id", "status"),
+    Index(
+        "ix_approval_tasks_unemitted",
+        "id",
+        postgresql_where=text("outcome IS NOT NULL AND outcome_emitted_at IS NULL"),
+    ),
 )
 
 approval_decisions = Table(
@@ -287,6 +296,7 @@ approval_decisions = Table(
     _org(),
     Column("execution_id", UUID(as_uuid=True), nullable=False),
     Column("node_id", String(100), nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
     Column("decided_by", JSONB, nullable=False),
     Column("decision", String(16), nullable=False),
     Column("comment", Text, nullable=False, server_default=""),

@@ -221,6 +221,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("outcome", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("outcome_emitted_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["org_id"], ["orgs.id"], name=op.f("fk_approval_tasks_org_id_orgs")
         ),
@@ -233,6 +235,13 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_approval_tasks_open", "approval_tasks", ["org_id", "status"], unique=False)
+    op.create_index(
+        "ix_approval_tasks_unemitted",
+        "approval_tasks",
+        ["id"],
+        unique=False,
+        postgresql_where=sa.text("outcome IS NOT NULL AND outcome_emitted_at IS NULL"),
+    )
     op.create_table(
         "blobs",
         sa.Column("id", sa.String(length=80), nullable=False),
@@ -408,6 +417,7 @@ def upgrade() -> None:
         sa.Column("org_id", sa.UUID(), nullable=False),
         sa.Column("execution_id", sa.UUID(), nullable=False),
         sa.Column("node_id", sa.String(length=100), nullable=False),
+        sa.Column("attempt", sa.Integer(), server_default=sa.text("1"), nullable=False),
         sa.Column("decided_by", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("decision", sa.String(length=16), nullable=False),
         sa.Column("comment", sa.Text(), server_default="", nullable=False),
@@ -569,6 +579,11 @@ def downgrade() -> None:
     op.drop_table("service_connections")
     op.drop_table("rate_limit_windows")
     op.drop_table("blobs")
+    op.drop_index(
+        "ix_approval_tasks_unemitted",
+        table_name="approval_tasks",
+        postgresql_where=sa.text("outcome IS NOT NULL AND outcome_emitted_at IS NULL"),
+    )
     op.drop_index("ix_approval_tasks_open", table_name="approval_tasks")
     op.drop_table("approval_tasks")
     op.drop_table("api_keys")

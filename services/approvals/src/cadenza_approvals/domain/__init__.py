@@ -1,0 +1,1 @@
+"""Pure approval rules: no I/O, no clock."""
