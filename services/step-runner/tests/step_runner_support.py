@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from aiokafka import ConsumerRecord
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cadenza_common import kafka
 from cadenza_common.crypto import SecretBox
 from cadenza_common.db import tables
-from cadenza_common.events import StepReady
-from cadenza_common.settings import DatabaseSettings, SecuritySettings
+from cadenza_common.events import Event, StepReady
+from cadenza_common.settings import DatabaseSettings, KafkaSettings, SecuritySettings
 from cadenza_step_runner.blobs import BlobStore
 from cadenza_step_runner.calls import HttpCaller
 from cadenza_step_runner.connections import ConnectionRepository
@@ -98,3 +102,39 @@ def make_handler(
         refs or RefSource(),
         **extra,
     )
+
+
+async def publish(
+    settings: KafkaSettings, topic: str, events: list[Event]
+) -> list[tuple[int, int]]:
+    """Send events; return each one's (partition, offset)."""
+    placed: list[tuple[int, int]] = []
+    async with kafka.producer(settings) as prod:
+        futures = []
+        for event in events:
+            msg = kafka.encode(event, source="/tests", traceparent=TRACEPARENT)
+            futures.append(await prod.send(topic, msg.value, key=msg.key, headers=msg.headers))
+        for fut in futures:
+            meta = await fut
+            placed.append((meta.partition, meta.offset))
+    return placed
+
+
+async def read_events(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    until: Callable[[list[Any]], bool],
+    timeout_s: float = 30.0,
+) -> list[ConsumerRecord[Any, Any]]:
+    """Read a topic from the start until `until(records)` holds (or fail after the timeout)."""
+    records: list[ConsumerRecord[Any, Any]] = []
+    async with kafka.consumer(settings, [topic], f"reader-{uuid.uuid4().hex[:8]}") as cons:
+        async with asyncio.timeout(timeout_s):
+            while not until(records):
+                for batch in (await cons.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+    return records
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

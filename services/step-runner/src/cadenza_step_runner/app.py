@@ -88,6 +88,7 @@ async def _consume(
         [],
         group_id,
         max_poll_records=max_in_flight,
+        session_timeout_ms=settings.session_timeout_ms,
     ) as cons:
         runner = ConcurrentConsumer(
             cons,

@@ -63,3 +63,4 @@ class Settings(BaseSettings):
     connection_cache_ttl_s: float = Field(default=10.0, ge=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     commit_interval_s: float = Field(default=0.5, gt=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
