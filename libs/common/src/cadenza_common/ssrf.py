@@ -129,6 +129,49 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def check_url(
+    url: str, *, allow_private: bool, allowed_hosts: Sequence[str] = ()
+) -> tuple[str, str, int]:
+    """The checks that need no DNS: scheme, host, allowed hosts, and an IP-literal host.
+
+    Use it before handing a URL to a client whose resolver checks names (see
+    `resolve_and_check` for the full check).
+
+    Returns:
+        The URL's scheme, host and port.
+
+    Raises:
+        SsrfRefused: a bad scheme, no host, a host not allowed, or a refused IP literal.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise SsrfRefused(f"scheme {scheme or '(none)'!r} is not allowed (only http and https)")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise SsrfRefused("URL has no host")
+    if host.lower() in METADATA_HOSTNAMES:
+        raise SsrfRefused(f"host {host!r} is a cloud metadata endpoint")
+    if allowed_hosts and not host_allowed(host, allowed_hosts):
+        raise SsrfRefused(f"host {host!r} is not in the connection's allowed hosts")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise SsrfRefused("URL has an invalid port") from None
+    literal = ip_literal(host)
+    if literal is not None:
+        check_address(literal, allow_private=allow_private)
+    return scheme, host, port
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address when `host` is an IP literal, else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 async def resolve_and_check(
     url: str,
     *,
@@ -150,21 +193,7 @@ async def resolve_and_check(
     Raises:
         SsrfRefused: a bad scheme, a host not allowed, or any resolved address refused.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        raise SsrfRefused(f"scheme {scheme or '(none)'!r} is not allowed (only http and https)")
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise SsrfRefused("URL has no host")
-    if host.lower() in METADATA_HOSTNAMES:
-        raise SsrfRefused(f"host {host!r} is a cloud metadata endpoint")
-    if allowed_hosts and not host_allowed(host, allowed_hosts):
-        raise SsrfRefused(f"host {host!r} is not in the connection's allowed hosts")
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError:
-        raise SsrfRefused("URL has an invalid port") from None
+    scheme, host, port = check_url(url, allow_private=allow_private, allowed_hosts=allowed_hosts)
     addresses = await _addresses(host, port, resolver)
     for address in addresses:
         check_address(address, allow_private=allow_private)
@@ -172,10 +201,9 @@ async def resolve_and_check(
 
 
 async def _addresses(host: str, port: int, resolver: Resolver) -> tuple[IPAddress, ...]:
-    try:
-        return (ipaddress.ip_address(host),)
-    except ValueError:
-        pass
+    literal = ip_literal(host)
+    if literal is not None:
+        return (literal,)
     resolved = await resolver(host, port)
     if not resolved:
         raise SsrfRefused(f"host {host!r} does not resolve")
@@ -269,7 +297,9 @@ __all__ = [
     "PinnedTransport",
     "SsrfRefused",
     "check_address",
+    "check_url",
     "host_allowed",
+    "ip_literal",
     "pinned_client",
     "resolve_and_check",
     "system_resolver",

@@ -28,7 +28,12 @@ async def main() -> None:
 def run() -> None:
     """Console script: `cadenza-step-runner`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
 
 
 if __name__ == "__main__":
