@@ -40,7 +40,8 @@ async def serve(settings: Settings, stop: asyncio.Event, refs: RefSource | None 
         refs if refs is not None else RefSource.from_environ(),
     )
     try:
-        async with kafka.producer(settings.kafka) as producer:
+        # bigger batches: answers are small and many; the default 16 KB makes sends wait
+        async with kafka.producer(settings.kafka, max_batch_size=512 * 1024) as producer:
             steps = StepRecords(
                 handler, producer, topics, kafka.DeadLetters(producer, topics, "step-runner")
             )
