@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,8 +45,6 @@ class Connection:
         if self.auth_type == "bearer":
             return {"Authorization": f"Bearer {self.secret}"}
         if self.auth_type == "basic":
-            import base64
-
             return {"Authorization": "Basic " + base64.b64encode(self.secret.encode()).decode()}
         return {self.auth_header or "X-API-Key": self.secret}
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -108,3 +109,32 @@ async def test_poison_record_goes_to_the_dlq_and_is_committed(
         dead[0].headers,
         "dlq_reason",
     ).startswith("malformed JSON")  # type: ignore[union-attr]
+
+
+async def test_runners_joining_and_leaving_the_group_answer_every_record(
+    fresh_kafka: KafkaSettings, database_url: str, org_id: uuid.UUID, stub: StubServer
+) -> None:
+    topics = Topics(fresh_kafka.topic_prefix)
+    steps = [make_ready(org_id, {"url": f"{stub.url}/jitter?max_ms=300"}) for _ in range(200)]
+    settings = make_settings(
+        database_url, kafka=fresh_kafka, max_in_flight=20, webhook=WebhookSettings(enabled=False)
+    )
+    placed = await publish(fresh_kafka, topics.steps_ready, list(steps))
+    want = {s.execution_id for s in steps}
+
+    def answered(records: list[Any]) -> bool:
+        return {kafka.decode(r.value, r.headers).execution_id for r in records} >= want
+
+    async with running(settings):
+        async with running(settings):
+            await read_events(fresh_kafka, topics.steps_completed, until=lambda r: len(r) >= 60)
+        records = await read_events(
+            fresh_kafka, topics.steps_completed, until=answered, timeout_s=60
+        )
+
+    assert answered(records)
+    ends: dict[int, int] = {}
+    for partition, offset in placed:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    offsets = await committed(fresh_kafka, settings.group_id, topics.steps_ready)
+    assert {p: o for p, o in offsets.items() if p in ends} == ends

@@ -8,6 +8,7 @@ import uuid
 import orjson
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 from step_runner_stub import StubServer
@@ -84,6 +85,11 @@ async def test_400_is_not_retryable(
     assert isinstance(result, StepFailed)
     assert result.error.error_class is ErrorClass.HTTP_4XX
     assert not result.error.retryable
+    calls = REGISTRY.get_sample_value(
+        "cadenza_step_runner_calls_total", {"connection": "127.0.0.1", "outcome": "http_4xx"}
+    )
+    assert calls is not None
+    assert calls >= 1
 
 
 async def test_timeout_is_retryable(
