@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from step_runner_stub import StubServer
+from step_runner_stub import StubServer, free_port
 from step_runner_support import publish, ready
 
 from cadenza_common import kafka
@@ -26,14 +27,16 @@ STEPS = 300
 GROUP = "cadenza-step-runner"
 
 
-def start_runner(settings: KafkaSettings, database_url: str) -> subprocess.Popen[bytes]:
+def start_runner(
+    settings: KafkaSettings, database_url: str, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CADENZA_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "CADENZA_KAFKA_TOPIC_PREFIX": settings.topic_prefix,
         "CADENZA_DATABASE_URL": database_url,
         "CADENZA_ALLOW_PRIVATE_NETWORK": "true",
-        "CADENZA_METRICS_PORT": "0",
+        "CADENZA_METRICS_PORT": str(metrics_port),
         "CADENZA_WEBHOOK_ENABLED": "false",
         "CADENZA_MAX_IN_FLIGHT": "40",
         "CADENZA_SESSION_TIMEOUT_MS": "6000",
@@ -113,9 +116,12 @@ async def test_sigkill_mid_run_loses_nothing_and_commits_skip_nothing(
     after_kill = await answered(fresh_kafka, topics.steps_completed)
     offsets = await committed(fresh_kafka, topics.steps_ready)
 
-    second = start_runner(fresh_kafka, database_url)
+    metrics_port = free_port()
+    second = start_runner(fresh_kafka, database_url, metrics_port)
     try:
         await wait_answered(fresh_kafka, topics.steps_completed, STEPS, timeout_s=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
     finally:
         second.send_signal(signal.SIGTERM)
         _, err = second.communicate(timeout=30)
@@ -126,3 +132,4 @@ async def test_sigkill_mid_run_loses_nothing_and_commits_skip_nothing(
     assert 0 < len(after_kill) < STEPS
     assert await answered(fresh_kafka, topics.steps_completed) == set(by_place.values())
     assert second.returncode == 0, err.decode()[-2000:]
+    assert 'cadenza_step_runner_calls_total{connection="127.0.0.1",outcome="succeeded"}' in metrics
