@@ -39,7 +39,13 @@ async def running(settings: Settings) -> AsyncIterator[None]:
 
 
 async def subscribe(
-    engine: AsyncEngine, org_id: uuid.UUID, url: str, event_types: list[str], secret: str
+    engine: AsyncEngine,
+    org_id: uuid.UUID,
+    url: str,
+    event_types: list[str],
+    secret: str,
+    *,
+    allow_private: bool = True,
 ) -> uuid.UUID:
     ident = uuid.uuid4()
     sealed = SecretBox.from_settings(BOX_SETTINGS).encrypt(secret, context=f"org:{org_id}")
@@ -51,7 +57,7 @@ async def subscribe(
                 url=url,
                 event_types=event_types,
                 secret_ciphertext=sealed,
-                allow_private_network=True,
+                allow_private_network=allow_private,
             )
         )
     return ident
@@ -168,3 +174,46 @@ async def test_subscription_is_disabled_after_a_run_of_failed_deliveries(
 
     assert calls == 4
     assert len(stub.state.requests_to("/scripted/sub-down")) == calls
+
+
+async def test_subscription_to_a_private_address_is_refused_without_a_request(
+    fresh_kafka: KafkaSettings,
+    engine: AsyncEngine,
+    database_url: str,
+    org_id: uuid.UUID,
+    stub: StubServer,
+) -> None:
+    sub = await subscribe(
+        engine,
+        org_id,
+        f"{stub.url}/echo/private-sub",
+        ["*"],
+        generate_secret(),
+        allow_private=False,
+    )
+    topics = ev.Topics(fresh_kafka.topic_prefix)
+    deliveries = tables.webhook_deliveries
+
+    async def failed() -> bool:
+        async with engine.connect() as db:
+            rows = (
+                await db.execute(
+                    sa.select(deliveries.c.status, deliveries.c.error).where(
+                        deliveries.c.subscription_id == sub
+                    )
+                )
+            ).all()
+        return len(rows) == 1 and rows[0][0] == "failed"
+
+    async with running(webhook_settings(database_url, fresh_kafka)):
+        await publish(fresh_kafka, topics.executions_events, history(org_id)[:1])
+        await wait_for(failed)
+
+    async with engine.connect() as db:
+        error = (
+            await db.execute(
+                sa.select(deliveries.c.error).where(deliveries.c.subscription_id == sub)
+            )
+        ).scalar_one()
+    assert "SSRF" in error
+    assert stub.state.requests_to("/echo/private-sub") == []
