@@ -130,6 +130,12 @@ class ConcurrentConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             log.info("draining", extra={"consumer": self._name, "in_flight": len(self._tasks)})
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
         await self.commit()
+        # records still running after the drain timeout are abandoned uncommitted:
+        # the next owner re-delivers them
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         metrics.IN_FLIGHT.labels(self._name).set(len(self._tasks))
 
     # --- rebalance listener --------------------------------------------------------------------
