@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -316,3 +317,33 @@ async def test_webhook_emit_is_signed_so_standardwebhooks_verifies_it(
     assert payload == {"order": 42, "status": "shipped"}
     assert seen.headers["webhook-id"] == event.idempotency_key
     assert secret not in result.model_dump_json()
+
+
+async def test_connection_concurrency_limit_bounds_calls_in_flight(
+    engine: AsyncEngine, database_url: str, org_id: uuid.UUID, stub: StubServer
+) -> None:
+    await add_connection(engine, org_id, "narrow", stub.url, concurrency_limit=2)
+    handler = make_handler(engine, make_settings(database_url))
+    call = {"connection": "narrow", "path": "/slow", "query": {"delay": 0.2}}
+
+    started = time.monotonic()
+    results = await asyncio.gather(*(handler.handle(ready(org_id, call)) for _ in range(6)))
+    elapsed = time.monotonic() - started
+
+    assert all(isinstance(r, StepSucceeded) for r in results)
+    assert elapsed >= 0.55  # 6 calls of 0.2 s, two at a time
+
+
+async def test_connection_rate_limit_spaces_calls(
+    engine: AsyncEngine, database_url: str, org_id: uuid.UUID, stub: StubServer
+) -> None:
+    await add_connection(engine, org_id, "slowrate", stub.url, rate_limit_per_s=5)
+    handler = make_handler(engine, make_settings(database_url))
+    call = {"connection": "slowrate", "path": "/fast"}
+
+    started = time.monotonic()
+    results = await asyncio.gather(*(handler.handle(ready(org_id, call)) for _ in range(8)))
+    elapsed = time.monotonic() - started
+
+    assert all(isinstance(r, StepSucceeded) for r in results)
+    assert elapsed >= 0.5  # a burst of 5, then 3 more at 5/s
