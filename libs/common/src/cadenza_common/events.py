@@ -318,6 +318,7 @@ class StepSucceeded(StepEvent):
     status_code: int | None = None
     duration_ms: float | None = None
     output_ref: str | None = None
+    response_headers: dict[str, str] = Field(default_factory=dict)
 
 
 class StepFailed(StepEvent):
