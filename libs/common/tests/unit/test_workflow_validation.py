@@ -50,7 +50,8 @@ def test_valid_spec_has_no_errors_and_a_spec() -> None:
 
     assert result.ok
     assert result.errors == []
-    assert result.spec is not None and [n.id for n in result.spec.nodes] == ["a", "b"]
+    assert result.spec is not None
+    assert [n.id for n in result.spec.nodes] == ["a", "b"]
 
 
 @pytest.mark.parametrize(
