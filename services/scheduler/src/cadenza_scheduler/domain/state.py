@@ -6,7 +6,6 @@ The state is a pydantic model so the Faust shell can store it as JSON in its tab
 
 from __future__ import annotations
 
-import copy
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -68,6 +67,12 @@ class NodeState(_State):
     items: list[Any] | None = None
     item_states: list[ItemState] | None = None
 
+    def clone(self) -> NodeState:
+        items = self.item_states
+        if items is None:
+            return self.model_copy()
+        return self.model_copy(update={"item_states": [i.model_copy() for i in items]})
+
 
 class Timer(_State):
     """A due time owned by this execution; the shell fires it as TimerFired."""
@@ -86,6 +91,9 @@ class Compensation(_State):
     position: int = 0
     attempt: int = 1
     failed: list[str] = Field(default_factory=list)
+
+    def clone(self) -> Compensation:
+        return self.model_copy(update={"failed": list(self.failed)})
 
 
 class ExecutionState(_State):
@@ -119,8 +127,20 @@ class ExecutionState(_State):
         return self.phase == "finished"
 
     def clone(self) -> ExecutionState:
-        """A deep copy that shares the immutable spec."""
-        return copy.deepcopy(self, memo={id(self.spec): self.spec})
+        """A copy that decide() may change freely.
+
+        Containers that decide() changes in place are copied; values it only replaces
+        (the spec, outputs, errors, timers) are shared: they are never mutated.
+        """
+        comp = self.compensation
+        return self.model_copy(
+            update={
+                "nodes": {k: v.clone() for k, v in self.nodes.items()},
+                "timers": list(self.timers),
+                "completed": list(self.completed),
+                "compensation": None if comp is None else comp.clone(),
+            }
+        )
 
     def node(self, node_id: str) -> NodeState:
         return self.nodes[node_id]
