@@ -2,7 +2,7 @@
 
 Each execution is ExecutionRequested + one StepSucceeded per service_call node, applied in
 a valid order; the figure counts every decide() call (input event). A second row adds the
-state's JSON round trip that the Faust shell pays per event (load + save in its table).
+state's JSON round trip the Faust shell pays per event (`load_state` + `dump_state`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.report import percentile, report
 from cadenza_common.events import Event, StepSucceeded
-from cadenza_scheduler.domain import ExecutionState, decide
+from cadenza_scheduler.domain import ExecutionState, decide, dump_state, load_state
 from cadenza_scheduler.domain.simulate import ORG, T0, request
 
 EXECUTIONS = 300
@@ -68,7 +68,7 @@ def run(batches: list[list[Event]], round_trip: bool) -> tuple[float, list[float
         for event in events:
             t = time.perf_counter()
             if round_trip and state is not None:
-                state = ExecutionState.model_validate_json(state.model_dump_json())
+                state = load_state(dump_state(state))
             state = decide(state, event, T0).state
             latencies.append(time.perf_counter() - t)
         assert state is not None
@@ -81,7 +81,7 @@ def main() -> None:
     batches = [events_for(n, doc) for n in range(EXECUTIONS)]
     run(batches[:20], round_trip=False)  # warm caches (compiled templates, graph)
     rows = []
-    for label, round_trip in (("decide()", False), ("decide() + state JSON round trip", True)):
+    for label, round_trip in (("decide()", False), ("decide() + load_state/dump_state", True)):
         elapsed, latencies = run(batches, round_trip)
         count = len(latencies)
         rows.append(

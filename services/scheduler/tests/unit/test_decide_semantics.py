@@ -850,3 +850,17 @@ def test_event_ids_are_deterministic_and_unique() -> None:
 
     assert ids == [e.event_id for e in second.emits]
     assert len(set(ids)) == len(ids)
+
+
+def test_state_survives_dump_and_load_and_reuses_the_parsed_spec() -> None:
+    from cadenza_scheduler.domain import dump_state, load_state
+
+    run = Run(approval(), {"name": "x"})
+    assert run.state is not None
+
+    first = load_state(dump_state(run.state))
+    second = load_state(dump_state(run.state))
+
+    assert first == run.state
+    assert first.spec is second.spec
+    assert decide(first, run.inputs[0][0], T0).emits == []

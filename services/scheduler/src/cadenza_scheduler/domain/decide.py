@@ -108,7 +108,7 @@ def _sweep(tx: Tx, order: tuple[str, ...]) -> bool:
     graph = graph_of(tx.state.spec)
     changed = False
     for node_id in order:
-        node = tx.state.node(node_id)
+        node = tx.state.nodes[node_id]  # read-only here; start() and _skip() take it writable
         if node.status is not NodeStatus.PENDING or tx.state.phase != "running":
             continue
         verdict = readiness(graph.nodes[node_id], tx.state.nodes, graph)

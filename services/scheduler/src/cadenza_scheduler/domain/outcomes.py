@@ -176,9 +176,10 @@ def compensation_done(tx: Tx, node_id: str, attempt: int, error: StepError | Non
 
 def stop_unfinished(tx: Tx, reason: str) -> None:
     """Cancel running nodes and skip pending ones (each ends in exactly one terminal state)."""
-    for node_id, node in tx.state.nodes.items():
-        if node.status.terminal:
+    for node_id in list(tx.state.nodes):
+        if tx.state.nodes[node_id].status.terminal:
             continue
+        node = tx.state.node(node_id)
         attempt = max(node.attempt, 1)
         if node.status is NodeStatus.PENDING:
             node.status, node.reason = NodeStatus.SKIPPED, reason
