@@ -926,3 +926,17 @@ def test_sub_workflow_timeout_cancels_the_child() -> None:
     [cancel] = [e for e in run.last.emits if isinstance(e, CancelRequested)]
     assert cancel.execution_id == child
     assert run.execution_status is ExecutionStatus.FAILED
+
+
+def test_a_compensation_that_never_answers_times_out_and_the_execution_ends() -> None:
+    comp = {"connection": "svc", "method": "DELETE", "timeout": "10s"}
+    run = Run(wf(call("a", compensation=comp), call("b", "a"), on_failure="compensate"))
+    run.succeed("a")
+    run.fail("b", retryable=False)
+
+    run.fire_next_timer()
+
+    [failed] = run.of_type(ExecutionFailed)
+    assert failed.compensated is False
+    assert run.state is not None
+    assert run.state.finished

@@ -251,6 +251,8 @@ def _timer_fired(tx: Tx, event: Any) -> bool:
         return _timed_out(tx)
     handler = _TIMER_HANDLERS[timer.kind]
     key, attempt = timer.node_id or "", timer.attempt or 1
+    if key.startswith(outcomes.COMPENSATE_PREFIX):
+        return _compensated(tx, key, attempt, _timeout_error())
     if (item := nodes.parse_item_key(key)) is not None:
         return _item_timer(tx, timer.kind, item, attempt)
     node = tx.state.nodes.get(key)
