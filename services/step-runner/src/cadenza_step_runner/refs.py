@@ -8,12 +8,12 @@ reference keeps the value's type; references inside a longer string are interpol
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-REF = re.compile(r"\$\{\s*(env|secrets)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+from cadenza_common.templating import resolve_runner_refs
+
 ENV_PREFIX = "CADENZA_ENV_"
 SECRETS_PREFIX = "CADENZA_SECRETS_"
 
@@ -52,22 +52,23 @@ class Resolver:
         self.used_secrets: set[str] = set()
 
     def resolve(self, value: Any) -> Any:
-        """Return `value` with every reference replaced (dicts and lists recursively)."""
-        if isinstance(value, str):
-            return self._string(value) if "${" in value else value
-        if isinstance(value, dict):
-            return {k: self.resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve(v) for v in value]
-        return value
+        """Return `value` with every reference replaced and `$${` unescaped (recursively).
 
-    def _string(self, text: str) -> str:
-        return REF.sub(lambda m: self._lookup(m.group(1), m.group(2)), text)
+        The scheduler renders requests with `escape_for_runner=True`, so data that merely
+        contains `${` arrives as `$${` and is never taken for a reference here.
+        """
+        return resolve_runner_refs(value, self._env, self._secret)
+
+    def _env(self, name: str) -> str:
+        return self._lookup("env", name)
+
+    def _secret(self, name: str) -> str:
+        value = self._lookup("secrets", name)
+        self.used_secrets.add(value)
+        return value
 
     def _lookup(self, kind: str, name: str) -> str:
         values = self._source.env if kind == "env" else self._source.secrets
         if name not in values:
             raise UnresolvedReference(f"${{{kind}.{name}}} is not configured on the runner")
-        if kind == "secrets":
-            self.used_secrets.add(values[name])
         return values[name]

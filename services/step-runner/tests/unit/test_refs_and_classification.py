@@ -49,3 +49,12 @@ def test_traceparent_continues_the_incoming_trace() -> None:
 
     assert child.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     assert child.split("-")[2] != "b7ad6b7169203331"
+
+
+def test_escaped_references_from_the_scheduler_stay_data() -> None:
+    resolver = Resolver(RefSource(env={"REGION": "eu"}, secrets={"TOKEN": "s3cr3t"}))
+
+    resolved = resolver.resolve({"note": "$${secrets.TOKEN} is text", "auth": "${secrets.TOKEN}"})
+
+    assert resolved == {"note": "${secrets.TOKEN} is text", "auth": "s3cr3t"}
+    assert resolver.used_secrets == {"s3cr3t"}
