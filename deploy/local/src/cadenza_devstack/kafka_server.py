@@ -129,8 +129,8 @@ class KafkaServer:
                     f"{self.lib}/*",
                     STORAGE_TOOL,
                     "format",
-                    "-t",
-                    cluster_id,
+                    # `=` form: a random id may start with "-"
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),
                     "--ignore-formatted",

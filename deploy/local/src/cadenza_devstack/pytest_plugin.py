@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from cadenza_common.db import upgrade
 from cadenza_common.events import Topics
@@ -57,16 +59,40 @@ def new_kafka_settings(bootstrap_servers: str) -> KafkaSettings:
     return settings
 
 
+def delete_prefixed_topics(settings: KafkaSettings) -> None:
+    """Delete every topic under the settings' prefix (a test's own topics and Faust's)."""
+    asyncio.run(_delete_prefixed_topics(settings))
+
+
+async def _delete_prefixed_topics(settings: KafkaSettings) -> None:
+    # Each topic holds 12 partitions of open files in the broker: leftovers from many
+    # sessions exhaust its file descriptors, so every test cleans up after itself.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except KafkaError:
+        pass  # the broker may be gone at the very end of a session; nothing to keep clean
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
-def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
     """Kafka settings with a topic prefix of this session's own; its topics exist."""
-    return new_kafka_settings(kafka_bootstrap)
+    settings = new_kafka_settings(kafka_bootstrap)
+    yield settings
+    delete_prefixed_topics(settings)
 
 
 @pytest.fixture
-def fresh_kafka(kafka_bootstrap: str) -> KafkaSettings:
-    """Kafka settings with a topic prefix of this test's own (empty topics)."""
-    return new_kafka_settings(kafka_bootstrap)
+def fresh_kafka(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    """Kafka settings with a topic prefix of this test's own (empty topics), deleted after."""
+    settings = new_kafka_settings(kafka_bootstrap)
+    yield settings
+    delete_prefixed_topics(settings)
 
 
 @pytest.fixture(scope="session")
