@@ -1,0 +1,167 @@
+"""The sink end to end (in process): onboarding history, duplicates, the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cadenza_audit_sink import repository as repo
+from cadenza_audit_sink.samples import fold, onboarding_history
+from cadenza_audit_sink.settings import Settings
+from cadenza_audit_sink.verify import verify_org
+from cadenza_common import events as ev
+from cadenza_common.kafka import consumer, header, producer
+
+from .conftest import count, produce, running_sink, wait_for
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+async def _applied(db: asyncpg.Pool, org: uuid.UUID, n: int) -> bool:
+    return await count(db, "SELECT count(*) FROM audit_log WHERE org_id = $1", org) >= n
+
+
+async def _assert_rows_match_fold(
+    db: asyncpg.Pool, events: list[ev.ExecutionEvent], executions: list[uuid.UUID]
+) -> None:
+    expected = fold(events)
+    async with db.acquire() as conn:
+        stored = await repo.load_projection(conn, executions)
+    assert stored.runs == expected.runs
+    assert stored.steps == expected.steps
+
+
+async def test_onboarding_history_produces_the_expected_rows(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    org, xid = uuid.uuid4(), uuid.uuid4()
+    events = onboarding_history(xid, org, T0)
+    record = ev.AuditRecorded(
+        org_id=org,
+        actor=ev.Actor(kind="api_key", id="admin-1", roles=["admin"]),
+        action="connection.update",
+        resource_type="service_connection",
+        resource_id="kyc",
+        before={"auth": {"password": "old"}},
+        after={"auth": {"password": "new"}, "base_url": "https://kyc.example"},
+    )
+    topics = ev.Topics(sink_settings.kafka.topic_prefix)
+
+    async with running_sink(sink_settings):
+        await produce(sink_settings.kafka, topics.executions_events, events)
+        await produce(sink_settings.kafka, topics.audit_records, [record])
+        await wait_for(lambda: _applied(db, org, len(events) + 1), what="all audit rows")
+
+    run = await db.fetchrow("SELECT * FROM execution_runs WHERE id = $1", xid)
+    assert run["status"] == "succeeded"
+    assert (run["workflow_slug"], run["workflow_version"], run["external_id"]) == (
+        "customer-onboarding",
+        3,
+        "cust-1",
+    )
+    assert run["duration_ms"] == 21_000.0
+    assert run["finished_at"] == events[-1].occurred_at
+    steps = await db.fetch(
+        "SELECT node_id, status, attempts, node_type FROM step_runs WHERE execution_id = $1", xid
+    )
+    assert {s["node_id"]: (s["status"], s["attempts"]) for s in steps} == {
+        "capture_identity": ("succeeded", 1),
+        "verdict": ("succeeded", 1),
+        "manual_review": ("skipped", 0),
+        "screening": ("succeeded", 2),
+        "mlro_approval": ("succeeded", 1),
+        "notify": ("succeeded", 1),
+    }
+    trace = await db.fetch(
+        "SELECT seq, ce_type FROM step_events WHERE execution_id = $1 ORDER BY seq", xid
+    )
+    assert [t["seq"] for t in trace] == list(range(len(events)))
+    audit = await db.fetch(
+        "SELECT action, resource_type, actor, after::text AS after FROM audit_log "
+        "WHERE org_id = $1 ORDER BY org_seq",
+        org,
+    )
+    actions = [a["action"] for a in audit]
+    assert actions.count("step.succeeded") == 5
+    assert actions[actions.index("execution.started")] == "execution.started"
+    assert "sk-live-1" not in "".join(a["after"] for a in audit)
+    assert "new" not in next(a["after"] for a in audit if a["action"] == "connection.update")
+    await _assert_rows_match_fold(db, events, [xid])
+    async with db.acquire() as conn:
+        assert (await verify_org(conn, org)).ok
+
+
+async def test_events_delivered_twice_change_nothing(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    org = uuid.uuid4()
+    xids = [uuid.uuid4() for _ in range(3)]
+    events = [e for x in xids for e in onboarding_history(x, org, T0)]
+    reissued = [e.model_copy(update={"event_id": ev.new_event_id()}) for e in events[:10]]
+    topic = ev.Topics(sink_settings.kafka.topic_prefix).executions_events
+
+    async with running_sink(sink_settings):
+        await produce(sink_settings.kafka, topic, events)
+        await wait_for(lambda: _applied(db, org, len(events)), what="first delivery")
+        await produce(sink_settings.kafka, topic, [*events, *reissued])
+        await wait_for(
+            lambda: _all_consumed(db, sink_settings, 2 * len(events) + 10), what="replay"
+        )
+
+    assert await count(db, "SELECT count(*) FROM audit_log WHERE org_id = $1", org) == len(events)
+    assert await count(db, "SELECT count(*) FROM step_events WHERE org_id = $1", org) == len(events)
+    await _assert_rows_match_fold(db, events, xids)
+    async with db.acquire() as conn:
+        assert (await verify_org(conn, org)).ok
+
+
+async def _all_consumed(db: asyncpg.Pool, settings: Settings, n: int) -> bool:
+    total = await db.fetchval(
+        'SELECT coalesce(sum("offset"), 0) FROM sink_offsets WHERE group_id = $1',
+        settings.group_id,
+    )
+    return int(total) >= n
+
+
+async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    org, xid = uuid.uuid4(), uuid.uuid4()
+    events = onboarding_history(xid, org, T0)
+    topics = ev.Topics(sink_settings.kafka.topic_prefix)
+    key = str(xid).encode()
+    bad: list[tuple[bytes, list[tuple[str, bytes]]]] = [
+        (b"{not json", [("ce_type", b"cadenza.step.succeeded")]),
+        (b"{}", [("ce_type", b"cadenza.no.such.type")]),
+    ]
+
+    async with running_sink(sink_settings):
+        async with producer(sink_settings.kafka) as prod:
+            for value, headers in bad:
+                await prod.send_and_wait(topics.executions_events, value, key=key, headers=headers)
+        await produce(sink_settings.kafka, topics.executions_events, events)
+        await wait_for(lambda: _applied(db, org, len(events)), what="the good history")
+        dead = await _read(sink_settings, topics.dlq, 2)
+
+    assert sorted(r.value for r in dead) == sorted(v for v, _ in bad)
+    reasons = [header(r.headers, "dlq_reason") or "" for r in dead]
+    assert any("malformed JSON" in r for r in reasons)
+    assert any("unknown event type" in r for r in reasons)
+    assert await db.fetchval("SELECT status FROM execution_runs WHERE id = $1", xid) == "succeeded"
+
+
+async def _read(settings: Settings, topic: str, n: int) -> list[Any]:
+    records: list[Any] = []
+    async with consumer(settings.kafka, [topic], group_id=f"dlq-{uuid.uuid4().hex[:6]}") as cons:
+        async with asyncio.timeout(30):
+            while len(records) < n:
+                for batch in (await cons.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+    return records
