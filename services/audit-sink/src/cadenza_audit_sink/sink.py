@@ -90,7 +90,7 @@ class AuditSink:
         """Poll, apply, repeat until stopped."""
         while not self._stop.is_set():
             try:
-                await self._resync(retry=True)
+                await self._resync()
                 batches = await self._consumer.getmany(
                     timeout_ms=self._settings.batch_timeout_ms,
                     max_records=self._settings.batch_max_records,
@@ -112,7 +112,7 @@ class AuditSink:
             self._positions.pop(tp, None)
             self._pending.discard(tp)
 
-    async def _resync(self, *, retry: bool) -> None:
+    async def _resync(self) -> None:
         """Seek newly assigned (or fenced) partitions to the offsets stored in Postgres."""
         if not self._pending:
             return
@@ -124,7 +124,7 @@ class AuditSink:
         async def load(conn: repo.Connection) -> dict[repo.TopicPartitionKey, int | None]:
             return await repo.stored_offsets(conn, self._settings.group_id, [_key(t) for t in tps])
 
-        stored = await (self._with_retry(load) if retry else self._once(load))
+        stored = await self._with_retry(load)
         for tp in tps:
             offset = stored[_key(tp)]
             if offset is None:
@@ -243,7 +243,7 @@ class AuditSink:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Positions newly assigned partitions at their stored offsets before fetching resumes."""
+    """Marks newly assigned partitions to be positioned at their stored offsets."""
 
     def __init__(self, sink: AuditSink) -> None:
         self._sink = sink
@@ -252,8 +252,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._sink.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        # Only mark them: the loop seeks before it handles any of their records, and
+        # doing it here too would race the loop's own seek (and block on the database).
         self._sink.assigned(list(assigned))
-        try:
-            await self._sink._resync(retry=False)
-        except TRANSIENT as exc:  # the loop retries with back-off before the next fetch
-            log.warning("could not read stored offsets yet", extra={"error": repr(exc)})

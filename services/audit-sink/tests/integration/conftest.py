@@ -17,7 +17,7 @@ import pytest
 from cadenza_audit_sink.__main__ import serve
 from cadenza_audit_sink.settings import Settings
 from cadenza_common import events as ev
-from cadenza_common.kafka import producer, send_event
+from cadenza_common.kafka import encode, producer
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
 
 
@@ -86,9 +86,12 @@ async def start_sink_process(settings: Settings, log: Path) -> asyncio.subproces
 
 
 async def produce(settings: KafkaSettings, topic: str, events: Sequence[ev.Event]) -> None:
-    async with producer(settings) as prod:
+    async with producer(settings, linger_ms=20) as prod:
+        futures = []
         for event in events:
-            await send_event(prod, topic, event, source="/cadenza/tests")
+            msg = encode(event, source="/cadenza/tests")
+            futures.append(await prod.send(topic, msg.value, key=msg.key, headers=msg.headers))
+        await asyncio.gather(*futures)
 
 
 async def wait_for(

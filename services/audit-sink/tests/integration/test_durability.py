@@ -169,6 +169,7 @@ async def test_postgres_unreachable_for_ten_seconds_loses_and_doubles_nothing(
         await proxy.cut()
         await produce(settings.kafka, topic, events[half:])
         await asyncio.sleep(10)
+        applied_during_outage = await _consumed(db, settings)
         await proxy.start()
         await wait_for(
             lambda: _all_consumed(db, settings, len(events)), timeout=60, what="catch-up"
@@ -176,3 +177,12 @@ async def test_postgres_unreachable_for_ten_seconds_loses_and_doubles_nothing(
     await proxy.cut()
 
     await _assert_exactly_once(db, orgs, events, xids)
+    assert applied_during_outage <= half, "the sink kept writing while Postgres was cut off"
+
+
+async def _consumed(db: asyncpg.Pool, settings: Settings) -> int:
+    return await count(
+        db,
+        'SELECT coalesce(sum("offset"), 0) FROM sink_offsets WHERE group_id = $1',
+        settings.group_id,
+    )
