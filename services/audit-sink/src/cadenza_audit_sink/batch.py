@@ -69,8 +69,9 @@ def read_record(record: Record, history_topic: str) -> Item:
     expected = HISTORY_EVENTS if record.topic == history_topic else {ev.AuditRecorded}
     if type(event) not in expected:
         raise UnhandleableRecord(f"{event.CE_TYPE} does not belong on {record.topic}")
+    fields = vars(event)
     for name, limit in _LIMITS.items():
-        text = getattr(event, name, None)
+        text = fields.get(name)
         if isinstance(text, str) and len(text) > limit:
             raise UnhandleableRecord(f"{name} longer than {limit} characters")
     return Item(record, event, orjson.loads(value) if value is not None else {})

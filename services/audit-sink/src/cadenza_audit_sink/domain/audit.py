@@ -11,6 +11,7 @@ back hashes the same (see `normalize`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -41,6 +42,7 @@ _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _ENVELOPE = frozenset({"event_id", "occurred_at", "execution_id", "org_id"})
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether a JSON key names a secret (`apiKey`, `X-Api-Key`, `client_secret`, `password`...)."""
     flat = _NOT_ALNUM.sub("", key.lower())
@@ -54,6 +56,8 @@ def normalize(value: Any, *, redact: bool = False) -> Any:
     written with an exponent (>= 1e16) into integers; normalising first makes the
     hash of a stored row equal to the hash of the row read back.
     """
+    if value is None or value is True or value is False or type(value) is int:
+        return value
     if isinstance(value, dict):
         return {
             _text(k): REDACTED if redact and is_secret_key(k) else normalize(v, redact=redact)
