@@ -132,15 +132,14 @@ class Applied:
 async def write(conn: repo.Connection, items: Sequence[Item], recorded_at: datetime) -> Applied:
     """Write a batch's events inside the caller's transaction; events already stored are skipped."""
     history = [i for i in items if isinstance(i.event, ev.ExecutionEvent)]
-    records = [i for i in items if isinstance(i.event, ev.AuditRecorded)]
-    # idempotency guard: events already in the trace / the audit log were applied before
+    # idempotency guard: events already in the trace or the audit log were applied before
     new_history = await repo.insert_trace(conn, [trace_row(i) for i in history])
-    old_records = await repo.recorded_event_ids(conn, [i.event.event_id for i in records])
+    audited = await repo.recorded_event_ids(conn, [i.event.event_id for i in items])
     fresh = [
         i
         for i in items
-        if (i.event.event_id in new_history)
-        or (isinstance(i.event, ev.AuditRecorded) and i.event.event_id not in old_records)
+        if i.event.event_id not in audited
+        and (i.event.event_id in new_history or isinstance(i.event, ev.AuditRecorded))
     ]
     executions = sorted(
         {i.event.execution_id for i in fresh if isinstance(i.event, ev.ExecutionEvent)}

@@ -40,7 +40,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
-    asyncpg.exceptions.UniqueViolationError,  # a chain race: retrying re-reads the head
 )
 """Database errors worth waiting out: the batch is retried unchanged."""
 
