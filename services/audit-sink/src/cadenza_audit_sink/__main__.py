@@ -41,7 +41,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the consumer (and the retention job) until `stop` is set."""
     metrics = Metrics()
-    metrics.serve(settings.metrics_port)
+    stop_metrics = metrics.serve(settings.metrics_port)
     pool = await create_pool(settings)
     topics = Topics(settings.kafka.topic_prefix)
     retention = asyncio.create_task(
@@ -67,6 +67,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         stop.set()
         await retention
         await pool.close()
+        stop_metrics()
 
 
 async def _serve_until_signalled(settings: Settings) -> None:

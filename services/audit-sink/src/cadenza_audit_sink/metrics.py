@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
@@ -52,7 +54,14 @@ class Metrics:
             registry=r,
         )
 
-    def serve(self, port: int) -> None:
-        """Serve `/metrics` on `port` (0: do not serve)."""
-        if port:
-            start_http_server(port, registry=self.registry)
+    def serve(self, port: int) -> Callable[[], None]:
+        """Serve `/metrics` on `port` (0: do not serve); return how to stop serving."""
+        if not port:
+            return lambda: None
+        server, _ = start_http_server(port, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        return stop

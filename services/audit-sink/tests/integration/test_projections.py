@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -165,3 +167,58 @@ async def _read(settings: Settings, topic: str, n: int) -> list[Any]:
                 for batch in (await cons.getmany(timeout_ms=500)).values():
                     records.extend(batch)
     return records
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_metrics_count_applied_events_by_type_and_show_lag(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    org, xid = uuid.uuid4(), uuid.uuid4()
+    events = onboarding_history(xid, org, T0)
+    port = _free_port()
+    settings = sink_settings.model_copy(update={"metrics_port": port})
+    topic = ev.Topics(settings.kafka.topic_prefix).executions_events
+
+    async with running_sink(settings):
+        await produce(settings.kafka, topic, events)
+        await wait_for(lambda: _applied(db, org, len(events)), what="the history")
+        text = await asyncio.to_thread(_scrape, port)
+
+    assert 'cadenza_audit_sink_events_applied_total{type="cadenza.step.succeeded"} 5.0' in text
+    assert "cadenza_audit_sink_batch_size_count" in text
+    assert "cadenza_audit_sink_commit_seconds_bucket" in text
+    assert "cadenza_audit_sink_lag{" in text
+
+
+async def test_two_sinks_in_one_group_share_partitions_without_forking_a_chain(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    orgs = [uuid.uuid4() for _ in range(2)]
+    xids = [uuid.uuid4() for _ in range(40)]
+    events = [e for n, x in enumerate(xids) for e in onboarding_history(x, orgs[n % 2], T0)]
+    topic = ev.Topics(sink_settings.kafka.topic_prefix).executions_events
+
+    async with running_sink(sink_settings), running_sink(sink_settings):
+        await produce(sink_settings.kafka, topic, events)
+        await wait_for(
+            lambda: _all_consumed(db, sink_settings, len(events)), timeout=90, what="both sinks"
+        )
+
+    for org in orgs:
+        assert await count(db, "SELECT count(*) FROM audit_log WHERE org_id = $1", org) == len(
+            events
+        ) // len(orgs)
+        async with db.acquire() as conn:
+            report = await verify_org(conn, org)
+        assert report.ok, report.describe()
+    await _assert_rows_match_fold(db, events, xids)
