@@ -327,34 +327,48 @@ async def lock_chain_heads(
     return {r["org_id"]: ChainHead(r["org_seq"], r["hash"]) for r in rows if r["org_seq"]}
 
 
+AUDIT_COLUMNS = (
+    "org_id",
+    "org_seq",
+    "event_id",
+    "actor",
+    "action",
+    "resource_type",
+    "resource_id",
+    "execution_id",
+    "before",
+    "after",
+    "occurred_at",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+)
+
+
 async def insert_audit(conn: Connection, rows: Sequence[ChainedRow]) -> None:
-    """Append chained rows to `audit_log`."""
+    """Append chained rows to `audit_log` (binary COPY: duplicates were filtered out before)."""
     if not rows:
         return
-    entries = [r.entry for r in rows]
-    await conn.execute(
-        "INSERT INTO audit_log (org_id, org_seq, event_id, actor, action, resource_type, "
-        "resource_id, execution_id, before, after, occurred_at, recorded_at, prev_hash, hash) "
-        "SELECT a, b, c, d::jsonb, e, f, g, h, i::jsonb, j::jsonb, k, l, m, n "
-        "FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], "
-        "$7::text[], $8::uuid[], $9::text[], $10::text[], $11::timestamptz[], "
-        "$12::timestamptz[], $13::text[], $14::text[]) "
-        "AS u(a, b, c, d, e, f, g, h, i, j, k, l, m, n)",
-        [e.org_id for e in entries],
-        [r.org_seq for r in rows],
-        [e.event_id for e in entries],
-        [_json(e.actor) for e in entries],
-        [e.action for e in entries],
-        [e.resource_type for e in entries],
-        [e.resource_id for e in entries],
-        [e.execution_id for e in entries],
-        [_json(e.before) for e in entries],
-        [_json(e.after) for e in entries],
-        [e.occurred_at for e in entries],
-        [r.recorded_at for r in rows],
-        [r.prev_hash for r in rows],
-        [r.hash for r in rows],
-    )
+    records = [
+        (
+            r.entry.org_id,
+            r.org_seq,
+            r.entry.event_id,
+            _json(r.entry.actor),
+            r.entry.action,
+            r.entry.resource_type,
+            r.entry.resource_id,
+            r.entry.execution_id,
+            _json(r.entry.before),
+            _json(r.entry.after),
+            r.entry.occurred_at,
+            r.recorded_at,
+            r.prev_hash,
+            r.hash,
+        )
+        for r in rows
+    ]
+    await conn.copy_records_to_table("audit_log", records=records, columns=AUDIT_COLUMNS)
 
 
 async def chain_page(
