@@ -46,6 +46,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 RECORD_PROBLEMS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,
+    TypeError,  # a value the encoders refuse
+    ValueError,
 )
 """Errors one record can cause: the batch is split and the offending record dead-lettered."""
 

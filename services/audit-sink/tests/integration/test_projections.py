@@ -52,7 +52,11 @@ async def test_onboarding_history_produces_the_expected_rows(
         resource_type="service_connection",
         resource_id="kyc",
         before={"auth": {"password": "old"}},
-        after={"auth": {"password": "new"}, "base_url": "https://kyc.example"},
+        after={
+            "auth": {"password": "new"},
+            "base_url": "https://kyc.example",
+            "limits": {"ratio": 0.1, "big": 1e20, "zero": -0.0, "tiny": 1.5e-7, "n": 2**60},
+        },
     )
     topics = ev.Topics(sink_settings.kafka.topic_prefix)
 

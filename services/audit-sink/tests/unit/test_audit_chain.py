@@ -57,11 +57,12 @@ def test_secret_keys_are_redacted_at_any_depth() -> None:
 
 
 def test_normalisation_matches_what_jsonb_gives_back() -> None:
-    assert normalize({"a": 1e20, "b": -0.0, "c": "x\x00y", "d": 1.5}) == {
-        "a": 100000000000000000000,
+    assert normalize({"a": 1e17, "b": -0.0, "c": "x\x00y", "d": 1.5, "e": 1e20}) == {
+        "a": 100000000000000000,
         "b": 0.0,
         "c": "x\ufffdy",
         "d": 1.5,
+        "e": 1e20,
     }
 
 

@@ -38,6 +38,7 @@ _SECRET_FRAGMENTS = (
     "privatekey",
     "cookie",
 )
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # what orjson reads back as int, not float
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 _ENVELOPE = frozenset({"event_id", "occurred_at", "execution_id", "org_id"})
 
@@ -52,9 +53,10 @@ def is_secret_key(key: str) -> bool:
 def normalize(value: Any, *, redact: bool = False) -> Any:
     """A JSON value as Postgres JSONB returns it, optionally with secret keys redacted.
 
-    JSONB keeps no NUL characters, no negative zero, and turns integral floats
-    written with an exponent (>= 1e16) into integers; normalising first makes the
-    hash of a stored row equal to the hash of the row read back.
+    JSONB keeps no NUL characters, no negative zero, and prints integral floats
+    written with an exponent (>= 1e16) as digits, which orjson reads back as an
+    int within 64 bits and as a float beyond; normalising first makes the hash of
+    a stored row equal to the hash of the row read back.
     """
     if value is None or value is True or value is False or type(value) is int:
         return value
@@ -72,8 +74,8 @@ def normalize(value: Any, *, redact: bool = False) -> Any:
             return None
         if value == 0:
             return 0.0
-        if value.is_integer() and abs(value) >= 1e16:
-            return int(value)
+        if value.is_integer() and abs(value) >= 1e16 and _INT_MIN <= value <= _UINT_MAX:
+            return int(value)  # JSONB prints it as digits, which read back as an int
     return value
 
 
