@@ -226,3 +226,23 @@ async def test_two_sinks_in_one_group_share_partitions_without_forking_a_chain(
             report = await verify_org(conn, org)
         assert report.ok, report.describe()
     await _assert_rows_match_fold(db, events, xids)
+
+
+async def test_a_record_postgres_refuses_is_dead_lettered_and_its_batch_still_applies(
+    sink_settings: Settings, db: asyncpg.Pool
+) -> None:
+    org, good, bad = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    refused = onboarding_history(bad, org, T0)[0].model_copy(update={"workflow_version": 2**40})
+    events = onboarding_history(good, org, T0)
+    topics = ev.Topics(sink_settings.kafka.topic_prefix)
+
+    await produce(sink_settings.kafka, topics.executions_events, [refused, *events])
+    async with running_sink(sink_settings):
+        await wait_for(lambda: _applied(db, org, len(events)), what="the good history")
+        dead = await _read(sink_settings, topics.dlq, 1)
+
+    assert "refused by Postgres" in (header(dead[0].headers, "dlq_reason") or "")
+    assert await db.fetchval("SELECT status FROM execution_runs WHERE id = $1", good) == "succeeded"
+    assert await count(db, "SELECT count(*) FROM execution_runs WHERE id = $1", bad) == 0
+    async with db.acquire() as conn:
+        assert (await verify_org(conn, org)).ok
