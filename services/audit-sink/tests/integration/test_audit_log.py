@@ -14,9 +14,8 @@ import pytest
 from cadenza_audit_sink.batch import Item, write
 from cadenza_audit_sink.retention import purge
 from cadenza_audit_sink.samples import onboarding_history
+from cadenza_audit_sink.testing import count
 from cadenza_common import events as ev
-
-from .conftest import count
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,18 @@ import pytest
 
 from cadenza_audit_sink.samples import onboarding_history
 from cadenza_audit_sink.settings import Settings
+from cadenza_audit_sink.testing import (
+    all_consumed,
+    assert_rows_match_fold,
+    count,
+    produce,
+    running_sink,
+    start_sink_process,
+    wait_for,
+)
 from cadenza_audit_sink.verify import verify_org
 from cadenza_common import events as ev
 from cadenza_common.settings import DatabaseSettings
-
-from .conftest import count, produce, running_sink, start_sink_process, wait_for
-from .test_projections import _all_consumed, _assert_rows_match_fold
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +75,7 @@ async def _assert_exactly_once(
     assert await count(
         db, "SELECT count(*) FROM step_events WHERE execution_id = ANY($1)", xids
     ) == len(events)
-    await _assert_rows_match_fold(db, events, xids)
+    await assert_rows_match_fold(db, events, xids)
 
 
 async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
@@ -96,7 +102,7 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
     second = await start_sink_process(sink_settings, log)
     try:
         await wait_for(
-            lambda: _all_consumed(db, sink_settings, len(events)), timeout=90, what="catch-up"
+            lambda: all_consumed(db, sink_settings, len(events)), timeout=90, what="catch-up"
         )
     finally:
         second.send_signal(signal.SIGTERM)
@@ -172,15 +178,13 @@ async def test_postgres_unreachable_for_ten_seconds_loses_and_doubles_nothing(
 
     async with running_sink(settings):
         await produce(settings.kafka, topic, events[:half])
-        await wait_for(lambda: _all_consumed(db, settings, 1), what="first batches")
+        await wait_for(lambda: all_consumed(db, settings, 1), what="first batches")
         await proxy.cut()
         await produce(settings.kafka, topic, events[half:])
         await asyncio.sleep(10)
         applied_during_outage = await _consumed(db, settings)
         await proxy.start()
-        await wait_for(
-            lambda: _all_consumed(db, settings, len(events)), timeout=60, what="catch-up"
-        )
+        await wait_for(lambda: all_consumed(db, settings, len(events)), timeout=60, what="catch-up")
     await proxy.cut()
 
     await _assert_exactly_once(db, orgs, events, xids)

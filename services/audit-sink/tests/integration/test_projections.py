@@ -12,32 +12,24 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cadenza_audit_sink import repository as repo
-from cadenza_audit_sink.samples import fold, onboarding_history
+from cadenza_audit_sink.samples import onboarding_history
 from cadenza_audit_sink.settings import Settings
+from cadenza_audit_sink.testing import (
+    all_consumed,
+    assert_rows_match_fold,
+    audited,
+    count,
+    produce,
+    running_sink,
+    wait_for,
+)
 from cadenza_audit_sink.verify import verify_org
 from cadenza_common import events as ev
 from cadenza_common.kafka import consumer, header, producer
 
-from .conftest import count, produce, running_sink, wait_for
-
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-
-
-async def _applied(db: asyncpg.Pool, org: uuid.UUID, n: int) -> bool:
-    return await count(db, "SELECT count(*) FROM audit_log WHERE org_id = $1", org) >= n
-
-
-async def _assert_rows_match_fold(
-    db: asyncpg.Pool, events: list[ev.ExecutionEvent], executions: list[uuid.UUID]
-) -> None:
-    expected = fold(events)
-    async with db.acquire() as conn:
-        stored = await repo.load_projection(conn, executions)
-    assert stored.runs == expected.runs
-    assert stored.steps == expected.steps
 
 
 async def test_onboarding_history_produces_the_expected_rows(
@@ -63,7 +55,7 @@ async def test_onboarding_history_produces_the_expected_rows(
     async with running_sink(sink_settings):
         await produce(sink_settings.kafka, topics.executions_events, events)
         await produce(sink_settings.kafka, topics.audit_records, [record])
-        await wait_for(lambda: _applied(db, org, len(events) + 1), what="all audit rows")
+        await wait_for(lambda: audited(db, org, len(events) + 1), what="all audit rows")
 
     run = await db.fetchrow("SELECT * FROM execution_runs WHERE id = $1", xid)
     assert run["status"] == "succeeded"
@@ -99,7 +91,7 @@ async def test_onboarding_history_produces_the_expected_rows(
     assert actions[actions.index("execution.started")] == "execution.started"
     assert "sk-live-1" not in "".join(a["after"] for a in audit)
     assert "new" not in next(a["after"] for a in audit if a["action"] == "connection.update")
-    await _assert_rows_match_fold(db, events, [xid])
+    await assert_rows_match_fold(db, events, [xid])
     async with db.acquire() as conn:
         assert (await verify_org(conn, org)).ok
 
@@ -115,25 +107,15 @@ async def test_events_delivered_twice_change_nothing(
 
     async with running_sink(sink_settings):
         await produce(sink_settings.kafka, topic, events)
-        await wait_for(lambda: _applied(db, org, len(events)), what="first delivery")
+        await wait_for(lambda: audited(db, org, len(events)), what="first delivery")
         await produce(sink_settings.kafka, topic, [*events, *reissued])
-        await wait_for(
-            lambda: _all_consumed(db, sink_settings, 2 * len(events) + 10), what="replay"
-        )
+        await wait_for(lambda: all_consumed(db, sink_settings, 2 * len(events) + 10), what="replay")
 
     assert await count(db, "SELECT count(*) FROM audit_log WHERE org_id = $1", org) == len(events)
     assert await count(db, "SELECT count(*) FROM step_events WHERE org_id = $1", org) == len(events)
-    await _assert_rows_match_fold(db, events, xids)
+    await assert_rows_match_fold(db, events, xids)
     async with db.acquire() as conn:
         assert (await verify_org(conn, org)).ok
-
-
-async def _all_consumed(db: asyncpg.Pool, settings: Settings, n: int) -> bool:
-    total = await db.fetchval(
-        'SELECT coalesce(sum("offset"), 0) FROM sink_offsets WHERE group_id = $1',
-        settings.group_id,
-    )
-    return int(total) >= n
 
 
 async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
@@ -153,7 +135,7 @@ async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
             for value, headers in bad:
                 await prod.send_and_wait(topics.executions_events, value, key=key, headers=headers)
         await produce(sink_settings.kafka, topics.executions_events, events)
-        await wait_for(lambda: _applied(db, org, len(events)), what="the good history")
+        await wait_for(lambda: audited(db, org, len(events)), what="the good history")
         dead = await _read(sink_settings, topics.dlq, 2)
 
     assert sorted(r.value for r in dead) == sorted(v for v, _ in bad)
@@ -195,7 +177,7 @@ async def test_metrics_count_applied_events_by_type_and_show_lag(
 
     async with running_sink(settings):
         await produce(settings.kafka, topic, events)
-        await wait_for(lambda: _applied(db, org, len(events)), what="the history")
+        await wait_for(lambda: audited(db, org, len(events)), what="the history")
         text = await asyncio.to_thread(_scrape, port)
 
     assert 'cadenza_audit_sink_events_applied_total{type="cadenza.step.succeeded"} 5.0' in text
@@ -215,7 +197,7 @@ async def test_two_sinks_in_one_group_share_partitions_without_forking_a_chain(
     async with running_sink(sink_settings), running_sink(sink_settings):
         await produce(sink_settings.kafka, topic, events)
         await wait_for(
-            lambda: _all_consumed(db, sink_settings, len(events)), timeout=90, what="both sinks"
+            lambda: all_consumed(db, sink_settings, len(events)), timeout=90, what="both sinks"
         )
 
     for org in orgs:
@@ -225,7 +207,7 @@ async def test_two_sinks_in_one_group_share_partitions_without_forking_a_chain(
         async with db.acquire() as conn:
             report = await verify_org(conn, org)
         assert report.ok, report.describe()
-    await _assert_rows_match_fold(db, events, xids)
+    await assert_rows_match_fold(db, events, xids)
 
 
 async def test_a_record_postgres_refuses_is_dead_lettered_and_its_batch_still_applies(
@@ -238,7 +220,7 @@ async def test_a_record_postgres_refuses_is_dead_lettered_and_its_batch_still_ap
 
     await produce(sink_settings.kafka, topics.executions_events, [refused, *events])
     async with running_sink(sink_settings):
-        await wait_for(lambda: _applied(db, org, len(events)), what="the good history")
+        await wait_for(lambda: audited(db, org, len(events)), what="the good history")
         dead = await _read(sink_settings, topics.dlq, 1)
 
     assert "refused by Postgres" in (header(dead[0].headers, "dlq_reason") or "")
