@@ -127,6 +127,9 @@ class AuditSink:
 
         stored = await self._with_retry(load)
         for tp in tps:
+            if tp not in self._consumer.assignment():  # revoked while we read the offsets
+                self._pending.discard(tp)
+                continue
             offset = stored[_key(tp)]
             if offset is None:
                 await self._consumer.seek_to_beginning(tp)
@@ -147,7 +150,8 @@ class AuditSink:
         return records
 
     def _report_lag(self) -> None:
-        for tp, position in self._positions.items():
+        for tp in self._consumer.assignment():
+            position = self._positions.get(tp)
             highwater = self._consumer.highwater(tp)
             if highwater is not None and position is not None:
                 self._metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
@@ -208,7 +212,7 @@ class AuditSink:
             return applied
 
         applied = await self._with_retry(transaction)
-        for tp in tps:
+        for tp in tps & self._consumer.assignment():  # a revoked one is re-read if it returns
             self._positions[tp] = new[_key(tp)]
         await self._courtesy_commit({tp: new[_key(tp)] for tp in tps})
         return applied
