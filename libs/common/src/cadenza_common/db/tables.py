@@ -332,6 +332,7 @@ execution_runs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("duration_ms", Float),
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("compensation_order", JSONB),
     Index("ix_execution_runs_org_started", "org_id", "started_at"),
     Index("ix_execution_runs_org_workflow", "org_id", "workflow_id", "status"),
 )
@@ -349,6 +350,7 @@ step_runs = Table(
     Column("output", JSONB),
     Column("output_ref", String(80)),
     Column("error", JSONB),
+    Column("status_reason", Text),
     Column("scheduled_at", DateTime(timezone=True)),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
@@ -367,7 +369,7 @@ step_events = Table(
     Column("attempt", Integer),
     Column("data", JSONB, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Index("ix_step_events_execution_seq", "execution_id", "seq"),
+    Index("ix_step_events_execution_seq", "execution_id", "seq", unique=True),
 )
 
 audit_log = Table(

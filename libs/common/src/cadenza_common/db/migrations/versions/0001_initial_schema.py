@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("duration_ms", sa.Float(), nullable=True),
         sa.Column("last_seq", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.Column("compensation_order", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_runs")),
     )
     op.create_index(
@@ -147,7 +148,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_step_events")),
     )
     op.create_index(
-        "ix_step_events_execution_seq", "step_events", ["execution_id", "seq"], unique=False
+        "ix_step_events_execution_seq", "step_events", ["execution_id", "seq"], unique=True
     )
     op.create_table(
         "step_runs",
@@ -161,6 +162,7 @@ def upgrade() -> None:
         sa.Column("output", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column("output_ref", sa.String(length=80), nullable=True),
         sa.Column("error", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("status_reason", sa.Text(), nullable=True),
         sa.Column("scheduled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
