@@ -1,0 +1,137 @@
+"""The transactional outbox: rows written with the change they announce, and the relay.
+
+Routes call `outbox_row` and insert it in the same transaction as their change.
+The relay publishes unsent rows in id order, batch by batch, with
+`FOR UPDATE SKIP LOCKED` so several replicas can run side by side, and marks them
+sent in the same transaction. When Kafka is down the batch rolls back and the rows
+wait: nothing is lost (a batch that failed half-way is sent again, so delivery is
+at-least-once; consumers dedupe by event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cadenza_common import kafka
+from cadenza_common.db.tables import outbox
+from cadenza_common.events import Event, utcnow
+from cadenza_common.settings import KafkaSettings
+from cadenza_trigger_api.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/cadenza/trigger-api"
+SEND_TIMEOUT_S = 30.0
+
+
+def outbox_row(topic: str, event: Event) -> dict[str, Any]:
+    """The outbox row that will publish `event` on `topic`."""
+    msg = kafka.encode(event, source=SOURCE)
+    return {
+        "topic": topic,
+        "key": msg.key.decode(),
+        "value": msg.value,
+        "headers": [[k, v.decode()] for k, v in msg.headers],
+    }
+
+
+class OutboxRelay:
+    """Publishes outbox rows to Kafka in order and marks them sent."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        kafka_settings: KafkaSettings,
+        *,
+        batch_size: int = 500,
+        idle_s: float = 0.02,
+        retry_s: float = 1.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._engine = engine
+        self._kafka = kafka_settings
+        self._batch = batch_size
+        self._idle = idle_s
+        self._retry = retry_s
+        self._metrics = metrics
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set, reconnecting to Kafka whenever it goes away."""
+        while not stop.is_set():
+            try:
+                async with kafka.producer(self._kafka, request_timeout_ms=10_000) as prod:
+                    await self._pump(prod, stop)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("outbox relay cannot reach kafka; rows wait", extra={"error": str(exc)})
+                await _sleep(stop, self._retry)
+
+    async def _pump(self, prod: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            sent = await self.relay_once(prod)
+            if sent == 0:
+                await self._observe_lag()
+                await _sleep(stop, self._idle)
+
+    async def relay_once(self, prod: AIOKafkaProducer) -> int:
+        """Publish one batch of unsent rows; return how many were sent."""
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value,
+                              outbox.c.headers)
+                    .where(outbox.c.sent_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self._batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            futures = [
+                await prod.send(
+                    row.topic,
+                    row.value,
+                    key=row.key.encode(),
+                    headers=[(k, v.encode()) for k, v in row.headers],
+                )
+                for row in rows
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT_S)
+            await conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_([row.id for row in rows]))
+                .values(sent_at=utcnow())
+            )
+        if self._metrics is not None:
+            self._metrics.outbox_sent.inc(len(rows))
+        return len(rows)
+
+    async def _observe_lag(self) -> None:
+        if self._metrics is None:
+            return
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
+                        outbox.c.sent_at.is_(None)
+                    )
+                )
+            ).one()
+        self._metrics.outbox_unsent.set(row[0])
+        oldest = row[1]
+        self._metrics.outbox_lag_seconds.set(
+            0.0 if oldest is None else (utcnow() - oldest).total_seconds()
+        )
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

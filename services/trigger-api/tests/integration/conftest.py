@@ -1,0 +1,137 @@
+"""Fixtures: a real app (lifespan entered) on the session's database and topics, orgs and keys."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from cadenza_common.db.tables import api_keys
+from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_trigger_api.app import create_app
+from cadenza_trigger_api.auth import Role
+from cadenza_trigger_api.context import AppContext
+from cadenza_trigger_api.orgs import create_org
+from cadenza_trigger_api.settings import Settings
+
+VALID_SPEC: dict[str, Any] = {
+    "inputs": {
+        "type": "object",
+        "required": ["customer"],
+        "properties": {"customer": {"type": "string"}},
+    },
+    "nodes": [
+        {"id": "greet", "type": "transform", "expression": "{\"hello\": trigger.customer}"},
+    ],
+}
+
+
+@pytest.fixture
+def settings(database_url: str, kafka_settings: KafkaSettings) -> Settings:
+    return Settings(
+        database=DatabaseSettings(url=database_url, pool_size=5),
+        kafka=kafka_settings,
+        relay_enabled=False,
+        key_cache_ttl_s=0,
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def ctx(app: FastAPI) -> AppContext:
+    context: AppContext = app.state.ctx
+    return context
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+        yield c
+
+
+@dataclass
+class Org:
+    """An org of this test with keys per role."""
+
+    id: uuid.UUID
+    keys: dict[Role, tuple[str, str]]
+
+    def headers(self, role: Role = Role.ADMIN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role][1]}"}
+
+    def key_id(self, role: Role = Role.ADMIN) -> str:
+        return self.keys[role][0]
+
+
+MakeOrg = Callable[..., Awaitable[Org]]
+
+
+@pytest.fixture
+def make_org(ctx: AppContext) -> MakeOrg:
+    async def make(executions_per_minute: int | None = None) -> Org:
+        created = await create_org(ctx.engine, ctx.hasher, f"org-{uuid.uuid4().hex[:12]}",
+                                   executions_per_minute=executions_per_minute)
+        org = Org(created.org_id, {Role.ADMIN: (created.key_id, created.key)})
+        for role in Role:
+            if role is Role.ADMIN:
+                continue
+            async with ctx.engine.begin() as conn:
+                new = ctx.hasher.mint()
+                await conn.execute(api_keys.insert().values(
+                    id=new.key_id, org_id=created.org_id, name=role.value, role=role.value,
+                    secret_hash=new.secret_hash))
+            org.keys[role] = (new.key_id, new.plaintext)
+        return org
+
+    return make
+
+
+@pytest.fixture
+async def org(make_org: MakeOrg) -> Org:
+    return await make_org()
+
+
+@pytest.fixture
+async def other_org(make_org: MakeOrg) -> Org:
+    return await make_org()
+
+
+Publish = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def publish(client: httpx.AsyncClient) -> Publish:
+    """Create and publish a workflow; return the workflow document."""
+
+    async def run(org: Org, slug: str | None = None, spec: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+        return await _publish(client, org, slug, spec)
+
+    return run
+
+
+async def _publish(
+    client: httpx.AsyncClient, org: Org, slug: str | None, spec: dict[str, Any] | None
+) -> dict[str, Any]:
+    slug = slug or f"wf-{uuid.uuid4().hex[:8]}"
+    created = await client.post("/api/workflows", headers=org.headers(), json={
+        "slug": slug, "name": slug, "spec": spec if spec is not None else VALID_SPEC})
+    assert created.status_code == 201, created.text
+    published = await client.post(f"/api/workflows/{slug}/publish", headers=org.headers())
+    assert published.status_code == 201, published.text
+    got = await client.get(f"/api/workflows/{slug}", headers=org.headers())
+    doc: dict[str, Any] = got.json()
+    return doc
+
