@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -9,14 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 
 from cadenza_common.db.tables import api_keys
+from cadenza_common.events import Event
+from cadenza_common.kafka import decode
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
 from cadenza_trigger_api.app import create_app
 from cadenza_trigger_api.auth import Role
 from cadenza_trigger_api.context import AppContext
 from cadenza_trigger_api.orgs import create_org
+from cadenza_trigger_api.outbox import OutboxRelay
 from cadenza_trigger_api.settings import Settings
 
 VALID_SPEC: dict[str, Any] = {
@@ -135,3 +140,43 @@ async def _publish(
     doc: dict[str, Any] = got.json()
     return doc
 
+
+
+async def read_events(
+    kafka: KafkaSettings, topic: str, want: Callable[[Event], bool], *, count: int,
+    timeout_s: float = 20.0, settle_s: float = 1.0,
+) -> list[Event]:
+    """Events on `topic` matching `want`: waits for `count`, then `settle_s` more for extras."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(kafka.partitions)])
+        await consumer.seek_to_beginning()
+        found: list[Event] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        settled_at: float | None = None
+        while loop.time() < deadline and (settled_at is None or loop.time() < settled_at):
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    event = decode(record.value, record.headers)
+                    if want(event):
+                        found.append(event)
+            if len(found) >= count and settled_at is None:
+                settled_at = loop.time() + settle_s
+        return found
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def relay(ctx: AppContext, kafka_settings: KafkaSettings) -> AsyncIterator[OutboxRelay]:
+    """The outbox relay, running against the session's Kafka for the test's duration."""
+    relay = OutboxRelay(ctx.engine, kafka_settings, idle_s=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    yield relay
+    stop.set()
+    await asyncio.wait_for(task, 30)
