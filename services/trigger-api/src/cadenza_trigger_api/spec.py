@@ -8,6 +8,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 from jsonschema.protocols import Validator  # type: ignore[import-untyped]
 
+from cadenza_common.workflow import validate_workflow
 from cadenza_trigger_api.errors import InputInvalid, SpecInvalid
 
 
@@ -25,15 +26,8 @@ def check_publishable(doc: Mapping[str, Any]) -> None:
 def validation_errors(doc: Mapping[str, Any]) -> list[dict[str, str]]:
     """Every problem the engine's validator finds, plus an unusable `inputs` schema."""
     errors: list[dict[str, str]] = []
-    try:
-        from cadenza_common.workflow import validate_workflow  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - the engine's validator is not merged yet
-        validate_workflow = None
-    if validate_workflow is not None:
-        result = validate_workflow(doc)
-        errors += [
-            {"path": i.path, "code": i.code, "message": i.message} for i in result.errors
-        ]
+    result = validate_workflow(doc)
+    errors += [{"path": i.path, "code": i.code, "message": i.message} for i in result.errors]
     errors += _inputs_errors(doc.get("inputs"))
     return errors
 

@@ -159,3 +159,42 @@ async def test_requests_without_a_valid_key_are_unauthorized(client: httpx.Async
 
     assert {missing.status_code, malformed.status_code, forged.status_code} == {401}
     assert missing.json()["type"] == PROBLEM + "unauthorized"
+
+
+async def test_publishing_an_invalid_spec_returns_every_error_as_422(
+    client: httpx.AsyncClient, org: Org
+) -> None:
+    spec = {"nodes": [
+        {"id": "a", "type": "transform", "expression": "1", "depends_on": ["b"]},
+        {"id": "b", "type": "transform", "expression": "1", "depends_on": ["a"]},
+        {"id": "c", "type": "teleport"},
+    ]}
+    await client.post("/api/workflows", headers=org.headers(),
+                      json={"slug": "bad", "name": "Bad", "spec": spec})
+
+    response = await client.post("/api/workflows/bad/publish", headers=org.headers())
+    after = await client.get("/api/workflows/bad", headers=org.headers())
+
+    assert response.status_code == 422
+    assert response.json()["type"] == PROBLEM + "invalid-workflow-spec"
+    codes = {(e["path"], e["code"]) for e in response.json()["errors"]}
+    assert ("nodes[2]", "unknown_node_type") in codes
+    assert any(code == "cycle" for _, code in codes)
+    assert after.json()["status"] == "draft"
+    assert after.json()["latestVersion"] is None
+
+
+async def test_publishing_a_valid_spec_freezes_version_one(
+    client: httpx.AsyncClient, org: Org
+) -> None:
+    await client.post("/api/workflows", headers=org.headers(),
+                      json={"slug": "good", "name": "Good", "spec": VALID_SPEC})
+
+    response = await client.post("/api/workflows/good/publish", headers=org.headers())
+    await client.patch("/api/workflows/good", headers=org.headers(), json={"spec": {"nodes": []}})
+    v1 = await client.get("/api/workflows/good/versions/1", headers=org.headers())
+
+    assert response.status_code == 201
+    assert response.json()["version"] == 1
+    assert v1.json()["spec"]["nodes"] == VALID_SPEC["nodes"]
+    assert v1.json()["spec"]["slug"] == "good"

@@ -29,7 +29,7 @@ from cadenza_trigger_api.wire import CamelModel, Page, decode_cursor, encode_cur
 
 router = APIRouter(prefix="/api/workflows", tags=["workflows"])
 
-SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
 class Status(StrEnum):
