@@ -24,16 +24,19 @@ from cadenza_trigger_api.routes import (
     api_keys,
     approvals,
     audit_log,
+    catalog,
+    connections,
     execute,
     executions,
     health,
+    webhooks,
     workflows,
 )
 from cadenza_trigger_api.settings import Settings
 
 ROUTERS = [
     workflows.router, execute.router, executions.router, approvals.router, api_keys.router,
-    audit_log.router, health.router,
+    audit_log.router, connections.router, catalog.router, webhooks.router, health.router,
 ]
 
 

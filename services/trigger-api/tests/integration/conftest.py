@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from cadenza_common.db.tables import api_keys
 from cadenza_common.events import Event
@@ -180,3 +185,42 @@ async def relay(ctx: AppContext, kafka_settings: KafkaSettings) -> AsyncIterator
     yield relay
     stop.set()
     await asyncio.wait_for(task, 30)
+
+
+class Customer(BaseModel):
+    name: str
+    email: str
+
+
+def _upstream_app() -> FastAPI:
+    """A small real service with an OpenAPI document, standing in for a connected service."""
+    service = FastAPI(title="crm")
+
+    @service.get("/")
+    async def root() -> dict[str, str]:
+        return {"status": "up"}
+
+    @service.post("/customers", summary="Create a customer", operation_id="createCustomer")
+    async def create_customer(customer: Customer) -> Customer:
+        return customer
+
+    return service
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[str]:
+    """Base URL of a real HTTP service on a free local port (uvicorn in a thread)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(_upstream_app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

@@ -40,7 +40,9 @@ def _token(link: str) -> str:
     return parse_qs(urlsplit(link).query)["token"][0]
 
 
-async def _decisions_in_outbox(ctx: AppContext, task_execution: str) -> list[ApprovalDecisionSubmitted]:
+async def _decisions_in_outbox(
+    ctx: AppContext, task_execution: str
+) -> list[ApprovalDecisionSubmitted]:
     async with ctx.engine.connect() as conn:
         rows = (await conn.execute(sa.select(outbox.c.value, outbox.c.headers)
                                    .where(outbox.c.key == task_execution))).all()
