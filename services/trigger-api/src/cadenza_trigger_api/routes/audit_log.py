@@ -50,15 +50,18 @@ async def list_audit_log(
     size = ctx.page_size(limit)
     a = audit_log
     query = sa.select(a).where(a.c.org_id == who.org_id)
-    filters = [
-        (actor, a.c.actor["id"].astext == actor),
-        (action, a.c.action == action),
-        (resource_type, a.c.resource_type == resource_type),
-        (resource_id, a.c.resource_id == resource_id),
-        (since, a.c.occurred_at >= since),
-        (until, a.c.occurred_at < until),
-    ]
-    query = query.where(*[clause for value, clause in filters if value is not None])
+    if actor is not None:
+        query = query.where(a.c.actor["id"].astext == actor)
+    if action is not None:
+        query = query.where(a.c.action == action)
+    if resource_type is not None:
+        query = query.where(a.c.resource_type == resource_type)
+    if resource_id is not None:
+        query = query.where(a.c.resource_id == resource_id)
+    if since is not None:
+        query = query.where(a.c.occurred_at >= since)
+    if until is not None:
+        query = query.where(a.c.occurred_at < until)
     if cursor:
         (below,) = decode_cursor(cursor, 1)
         if not isinstance(below, int):
