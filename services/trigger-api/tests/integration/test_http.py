@@ -62,3 +62,13 @@ def test_create_org_cli_prints_a_working_admin_key(database_url: str) -> None:
     key = result.stdout.strip()
     assert key.startswith("cdz_")
     assert "admin" in result.stderr
+
+
+async def test_values_postgres_cannot_store_are_422_not_500(
+    client: httpx.AsyncClient, org: Org
+) -> None:
+    response = await client.post("/api/workflows", headers=org.headers(),
+                                 json={"slug": "nul", "name": "a\u0000b"})
+
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("unstorable-value")
