@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cadenza_common.crypto import SecretBox
 from cadenza_common.db.engine import create_engine
-from cadenza_common.events import Topics
-from cadenza_trigger_api import errors
+from cadenza_common.events import Topics, utcnow
+from cadenza_trigger_api import errors, ratelimit
 from cadenza_trigger_api.auth import Authenticator, KeyHasher
 from cadenza_trigger_api.context import AppContext
+from cadenza_trigger_api.intake import Intake, create_pool
 from cadenza_trigger_api.limits import BodyLimitMiddleware
 from cadenza_trigger_api.metrics import Metrics, MetricsMiddleware
 from cadenza_trigger_api.outbox import OutboxRelay
-from cadenza_trigger_api.ratelimit import RateLimiter
 from cadenza_trigger_api.routes import (
     api_keys,
     approvals,
@@ -33,6 +36,8 @@ from cadenza_trigger_api.routes import (
     workflows,
 )
 from cadenza_trigger_api.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ROUTERS = [
     workflows.router, execute.router, executions.router, approvals.router, api_keys.router,
@@ -48,28 +53,29 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database)
+        pool = await create_pool(settings.database.url, settings.database.pool_size)
         hasher = KeyHasher(settings.security)
         app.state.ctx = ctx = AppContext(
             settings=settings, engine=engine, topics=Topics(settings.kafka.topic_prefix),
             box=SecretBox.from_settings(settings.security), hasher=hasher,
             authenticator=Authenticator(engine, hasher, settings.key_cache_ttl_s),
-            limiter=RateLimiter(engine), metrics=metrics,
+            intake=Intake(pool), metrics=metrics,
         )
         app.state.authenticator = ctx.authenticator
         stop = asyncio.Event()
-        relay_task = None
+        tasks = [asyncio.create_task(_maintain(engine, stop), name="maintenance")]
         if settings.relay_enabled:
             relay = OutboxRelay(
                 engine, settings.kafka, batch_size=settings.relay_batch_size,
                 idle_s=settings.relay_idle_s, retry_s=settings.relay_retry_s, metrics=metrics,
             )
-            relay_task = asyncio.create_task(relay.run(stop), name="outbox-relay")
+            tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))
         try:
             yield
         finally:
             stop.set()
-            if relay_task is not None:
-                await relay_task
+            await asyncio.gather(*tasks)
+            await pool.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -86,6 +92,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _maintain(engine: AsyncEngine, stop: asyncio.Event) -> None:
+    """Prune old rate-limit windows once a minute."""
+    while not stop.is_set():
+        try:
+            await ratelimit.prune(engine, utcnow())
+        except SQLAlchemyError:
+            log.warning("could not prune rate-limit windows", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 60)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

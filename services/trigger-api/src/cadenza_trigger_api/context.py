@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cadenza_common.crypto import SecretBox
 from cadenza_common.events import Topics
 from cadenza_trigger_api.auth import Authenticator, KeyHasher
+from cadenza_trigger_api.intake import Intake
 from cadenza_trigger_api.metrics import Metrics
-from cadenza_trigger_api.ratelimit import RateLimiter
 from cadenza_trigger_api.settings import Settings
 
 
@@ -35,7 +35,7 @@ class AppContext:
     box: SecretBox
     hasher: KeyHasher
     authenticator: Authenticator
-    limiter: RateLimiter
+    intake: Intake
     metrics: Metrics
     snapshots: dict[tuple[Any, int], Snapshot] = field(default_factory=dict)
 
