@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = "/cadenza/trigger-api"
 SEND_TIMEOUT_S = 30.0
+LAG_EVERY_S = 1.0
 
 
 def outbox_row(topic: str, event: Event) -> dict[str, Any]:
@@ -62,6 +64,7 @@ class OutboxRelay:
         self._idle = idle_s
         self._retry = retry_s
         self._metrics = metrics
+        self._lag_observed = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set, reconnecting to Kafka whenever it goes away."""
@@ -115,8 +118,10 @@ class OutboxRelay:
         return len(rows)
 
     async def _observe_lag(self) -> None:
-        if self._metrics is None:
+        now = time.monotonic()
+        if self._metrics is None or now - self._lag_observed < LAG_EVERY_S:
             return
+        self._lag_observed = now
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(

@@ -64,25 +64,19 @@ async def execute_workflow(
     assert version is not None  # an active workflow has been published
     snapshot = await _snapshot(ctx, wf.id, version)
     check_input(snapshot.validator, body.input)
-    if body.external_id is None or await _is_new(ctx, who, wf.id, body.external_id):
-        execution_id = new_event_id()
-        created = await ctx.intake.insert(*_rows(ctx, who, wf, version, snapshot, body,
-                                                 execution_id, now))
-        if created:
-            ctx.metrics.executions_requested.labels(wf.slug).inc()
-            return _answer(execution_id, wf.id, version, body.external_id, True, now)
+    execution_id = new_event_id()
+    # idempotency guard: on a repeated externalId the unique constraint inserts nothing
+    created = await ctx.intake.insert(*_rows(ctx, who, wf, version, snapshot, body,
+                                             execution_id, now))
+    if created:
+        ctx.metrics.executions_requested.labels(wf.slug).inc()
+        return _answer(execution_id, wf.id, version, body.external_id, True, now)
     assert body.external_id is not None
     first = await ctx.intake.existing(who.org_id, wf.id, body.external_id)
     assert first is not None
     response.status_code = 200
     return _answer(first["id"], wf.id, first["workflow_version"], body.external_id, False,
                    first["created_at"])
-
-
-async def _is_new(ctx: AppContext, who: Principal, workflow_id: uuid.UUID, external_id: str
-                  ) -> bool:
-    # idempotency guard: a repeated externalId answers the first execution without a write
-    return await ctx.intake.existing(who.org_id, workflow_id, external_id) is None
 
 
 def _answer(execution_id: uuid.UUID, workflow_id: uuid.UUID, version: int,
