@@ -1,4 +1,4 @@
-"""`python -m bench api_execute`: sustained POST /api/workflows/{slug}/execute on one uvicorn process.
+"""`python -m bench api_execute`: sustained POST .../execute on one uvicorn process.
 
 Brings the trigger-api up as a real process (`python -m cadenza_trigger_api`, the outbox
 relay running inside it) on a fresh database and topic prefix of the shared stack
@@ -151,7 +151,8 @@ async def _run(env: dict[str, str], url: str, port: int) -> list[dict[str, Any]]
             drain_s = await _drain(url)
             ok = statuses.get(202, 0)
             rows.append({
-                "concurrency": concurrency, "seconds": round(elapsed, 1), "requests": len(latencies),
+                "concurrency": concurrency, "seconds": round(elapsed, 1),
+                "requests": len(latencies),
                 "accepted_202": ok, "errors": len(latencies) - ok,
                 "req_per_s": len(latencies) / elapsed,
                 "p50_ms": percentile(latencies, 50) * 1000,

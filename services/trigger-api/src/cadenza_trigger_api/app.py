@@ -59,14 +59,14 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings, engine=engine, topics=Topics(settings.kafka.topic_prefix),
             box=SecretBox.from_settings(settings.security), hasher=hasher,
             authenticator=Authenticator(engine, hasher, settings.key_cache_ttl_s),
-            intake=Intake(pool), metrics=metrics,
+            pool=pool, intake=Intake(pool), metrics=metrics,
         )
         app.state.authenticator = ctx.authenticator
         stop = asyncio.Event()
         tasks = [asyncio.create_task(_maintain(engine, stop), name="maintenance")]
         if settings.relay_enabled:
             relay = OutboxRelay(
-                engine, settings.kafka, batch_size=settings.relay_batch_size,
+                pool, settings.kafka, batch_size=settings.relay_batch_size,
                 idle_s=settings.relay_idle_s, retry_s=settings.relay_retry_s, metrics=metrics,
             )
             tasks.append(asyncio.create_task(relay.run(stop), name="outbox-relay"))

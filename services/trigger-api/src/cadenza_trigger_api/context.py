@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from fastapi import Request
 from jsonschema.protocols import Validator  # type: ignore[import-untyped]
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +36,7 @@ class AppContext:
     box: SecretBox
     hasher: KeyHasher
     authenticator: Authenticator
+    pool: asyncpg.Pool
     intake: Intake
     metrics: Metrics
     snapshots: dict[tuple[Any, int], Snapshot] = field(default_factory=dict)

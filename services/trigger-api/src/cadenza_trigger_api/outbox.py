@@ -16,14 +16,13 @@ import logging
 import time
 from typing import Any
 
-import sqlalchemy as sa
+import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cadenza_common import kafka
-from cadenza_common.db.tables import outbox
-from cadenza_common.events import Event, utcnow
+from cadenza_common.events import Event
 from cadenza_common.settings import KafkaSettings
 from cadenza_trigger_api.metrics import Metrics
 
@@ -32,6 +31,16 @@ log = logging.getLogger(__name__)
 SOURCE = "/cadenza/trigger-api"
 SEND_TIMEOUT_S = 30.0
 LAG_EVERY_S = 1.0
+
+CLAIM = """
+SELECT id, topic, key, value, headers FROM outbox
+WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+MARK_SENT = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])"
+LAG = """
+SELECT count(*) AS unsent, extract(epoch FROM now() - min(created_at))::float8 AS lag
+FROM outbox WHERE sent_at IS NULL
+"""
 
 
 def outbox_row(topic: str, event: Event) -> dict[str, Any]:
@@ -50,7 +59,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        pool: asyncpg.Pool,
         kafka_settings: KafkaSettings,
         *,
         batch_size: int = 500,
@@ -58,7 +67,7 @@ class OutboxRelay:
         retry_s: float = 1.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self._engine = engine
+        self._pool = pool
         self._kafka = kafka_settings
         self._batch = batch_size
         self._idle = idle_s
@@ -79,40 +88,28 @@ class OutboxRelay:
     async def _pump(self, prod: AIOKafkaProducer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             sent = await self.relay_once(prod)
-            if sent == 0:
+            if sent < self._batch:
+                # a short batch means we caught up: wait so the next one is worth a round trip
                 await self._observe_lag()
                 await _sleep(stop, self._idle)
 
     async def relay_once(self, prod: AIOKafkaProducer) -> int:
         """Publish one batch of unsent rows; return how many were sent."""
-        async with self._engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value,
-                              outbox.c.headers)
-                    .where(outbox.c.sent_at.is_(None))
-                    .order_by(outbox.c.id)
-                    .limit(self._batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM, self._batch)
             if not rows:
                 return 0
             futures = [
                 await prod.send(
-                    row.topic,
-                    row.value,
-                    key=row.key.encode(),
-                    headers=[(k, v.encode()) for k, v in row.headers],
+                    row["topic"],
+                    row["value"],
+                    key=row["key"].encode(),
+                    headers=[(k, v.encode()) for k, v in orjson.loads(row["headers"])],
                 )
                 for row in rows
             ]
             await asyncio.wait_for(asyncio.gather(*futures), SEND_TIMEOUT_S)
-            await conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.id.in_([row.id for row in rows]))
-                .values(sent_at=utcnow())
-            )
+            await conn.execute(MARK_SENT, [row["id"] for row in rows])
         if self._metrics is not None:
             self._metrics.outbox_sent.inc(len(rows))
         return len(rows)
@@ -122,19 +119,9 @@ class OutboxRelay:
         if self._metrics is None or now - self._lag_observed < LAG_EVERY_S:
             return
         self._lag_observed = now
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)).where(
-                        outbox.c.sent_at.is_(None)
-                    )
-                )
-            ).one()
-        self._metrics.outbox_unsent.set(row[0])
-        oldest = row[1]
-        self._metrics.outbox_lag_seconds.set(
-            0.0 if oldest is None else (utcnow() - oldest).total_seconds()
-        )
+        row = await self._pool.fetchrow(LAG)
+        self._metrics.outbox_unsent.set(row["unsent"])
+        self._metrics.outbox_lag_seconds.set(row["lag"] or 0.0)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -179,7 +179,7 @@ async def read_events(
 @pytest.fixture
 async def relay(ctx: AppContext, kafka_settings: KafkaSettings) -> AsyncIterator[OutboxRelay]:
     """The outbox relay, running against the session's Kafka for the test's duration."""
-    relay = OutboxRelay(ctx.engine, kafka_settings, idle_s=0.05)
+    relay = OutboxRelay(ctx.pool, kafka_settings, idle_s=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     yield relay

@@ -190,7 +190,7 @@ async def test_outbox_rows_wait_while_kafka_is_unreachable_then_deliver(
                                       json={"input": {"customer": "c"}})).json()["executionId"]
     dead = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
     stop = asyncio.Event()
-    down = asyncio.create_task(OutboxRelay(ctx.engine, dead, retry_s=0.2).run(stop))
+    down = asyncio.create_task(OutboxRelay(ctx.pool, dead, retry_s=0.2).run(stop))
     await asyncio.sleep(1.5)
     stop.set()
     await asyncio.wait_for(down, 10)
@@ -200,7 +200,7 @@ async def test_outbox_rows_wait_while_kafka_is_unreachable_then_deliver(
                 outbox.c.sent_at.is_(None), outbox.c.key == execution_id))).scalar_one()
 
     stop = asyncio.Event()
-    up = asyncio.create_task(OutboxRelay(ctx.engine, kafka_settings).run(stop))
+    up = asyncio.create_task(OutboxRelay(ctx.pool, kafka_settings).run(stop))
     events = await read_events(kafka_settings, topics.executions_commands,
                                _requested(execution_id), count=1)  # type: ignore[arg-type]
     stop.set()
