@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from cadenza_common.db.tables import api_keys
 from cadenza_common.events import Event
-from cadenza_common.kafka import decode
+from cadenza_common.kafka import decode, ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
 from cadenza_trigger_api.app import create_app
 from cadenza_trigger_api.auth import Role
@@ -41,11 +41,26 @@ VALID_SPEC: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session")
+def api_kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """Kafka settings of this session's API (topics are created only by tests that need them)."""
+    prefix = f"tapi{uuid.uuid4().hex[:10]}."
+    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
+                         client_id="trigger-api-tests")
+
+
 @pytest.fixture
-def settings(database_url: str, kafka_settings: KafkaSettings) -> Settings:
+async def live_kafka(api_kafka: KafkaSettings) -> KafkaSettings:
+    """The API's Kafka settings with its topics created on the real broker."""
+    await ensure_topics(api_kafka)
+    return api_kafka
+
+
+@pytest.fixture
+def settings(database_url: str, api_kafka: KafkaSettings) -> Settings:
     return Settings(
         database=DatabaseSettings(url=database_url, pool_size=5),
-        kafka=kafka_settings,
+        kafka=api_kafka,
         relay_enabled=False,
         key_cache_ttl_s=0,
     )
@@ -177,9 +192,9 @@ async def read_events(
 
 
 @pytest.fixture
-async def relay(ctx: AppContext, kafka_settings: KafkaSettings) -> AsyncIterator[OutboxRelay]:
-    """The outbox relay, running against the session's Kafka for the test's duration."""
-    relay = OutboxRelay(ctx.pool, kafka_settings, idle_s=0.05)
+async def relay(ctx: AppContext, live_kafka: KafkaSettings) -> AsyncIterator[OutboxRelay]:
+    """The outbox relay, running against the real Kafka for the test's duration."""
+    relay = OutboxRelay(ctx.pool, live_kafka, idle_s=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     yield relay

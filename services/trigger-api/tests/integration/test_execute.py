@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from cadenza_common.db.tables import outbox
-from cadenza_common.events import Event, ExecutionRequested, Topics
+from cadenza_common.events import Event, ExecutionRequested
 from cadenza_common.settings import KafkaSettings
 from cadenza_trigger_api.auth import Role
 from cadenza_trigger_api.context import AppContext
@@ -29,8 +29,8 @@ def _requested(execution_id: str) -> object:
 
 
 async def test_execute_answers_202_and_publishes_the_version_snapshot(
-    client: httpx.AsyncClient, org: Org, publish: Publish, relay: OutboxRelay,
-    kafka_settings: KafkaSettings, topics: Topics,
+    client: httpx.AsyncClient, org: Org, publish: Publish, relay: OutboxRelay, ctx: AppContext,
+    live_kafka: KafkaSettings,
 ) -> None:
     wf = await publish(org, "snap")
     version = (await client.get("/api/workflows/snap/versions/1", headers=org.headers())).json()
@@ -38,7 +38,7 @@ async def test_execute_answers_202_and_publishes_the_version_snapshot(
     response = await client.post("/api/workflows/snap/execute", headers=org.headers(Role.OPERATOR),
                                  json={"input": {"customer": "ada"}})
     execution_id = response.json()["executionId"]
-    events = await read_events(kafka_settings, topics.executions_commands,
+    events = await read_events(live_kafka, ctx.topics.executions_commands,
                                _requested(execution_id), count=1)  # type: ignore[arg-type]
 
     assert response.status_code == 202
@@ -56,8 +56,8 @@ async def test_execute_answers_202_and_publishes_the_version_snapshot(
 
 
 async def test_twenty_concurrent_duplicates_make_one_execution_and_one_event(
-    client: httpx.AsyncClient, org: Org, publish: Publish, relay: OutboxRelay,
-    kafka_settings: KafkaSettings, topics: Topics,
+    client: httpx.AsyncClient, org: Org, publish: Publish, relay: OutboxRelay, ctx: AppContext,
+    live_kafka: KafkaSettings,
 ) -> None:
     await publish(org, "idem")
     body = {"input": {"customer": "bob"}, "externalId": "order-42"}
@@ -68,7 +68,7 @@ async def test_twenty_concurrent_duplicates_make_one_execution_and_one_event(
     ])
     ids = {r.json()["executionId"] for r in responses}
     (execution_id,) = ids
-    events = await read_events(kafka_settings, topics.executions_commands,
+    events = await read_events(live_kafka, ctx.topics.executions_commands,
                                _requested(execution_id), count=1,  # type: ignore[arg-type]
                                settle_s=2.0)
 
@@ -183,12 +183,12 @@ async def test_another_orgs_workflow_cannot_be_executed(
 
 async def test_outbox_rows_wait_while_kafka_is_unreachable_then_deliver(
     client: httpx.AsyncClient, org: Org, publish: Publish, ctx: AppContext,
-    kafka_settings: KafkaSettings, topics: Topics,
+    live_kafka: KafkaSettings,
 ) -> None:
     await publish(org, "down")
     execution_id = (await client.post("/api/workflows/down/execute", headers=org.headers(),
                                       json={"input": {"customer": "c"}})).json()["executionId"]
-    dead = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
+    dead = live_kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
     stop = asyncio.Event()
     down = asyncio.create_task(OutboxRelay(ctx.pool, dead, retry_s=0.2).run(stop))
     await asyncio.sleep(1.5)
@@ -200,8 +200,8 @@ async def test_outbox_rows_wait_while_kafka_is_unreachable_then_deliver(
                 outbox.c.sent_at.is_(None), outbox.c.key == execution_id))).scalar_one()
 
     stop = asyncio.Event()
-    up = asyncio.create_task(OutboxRelay(ctx.pool, kafka_settings).run(stop))
-    events = await read_events(kafka_settings, topics.executions_commands,
+    up = asyncio.create_task(OutboxRelay(ctx.pool, live_kafka).run(stop))
+    events = await read_events(live_kafka, ctx.topics.executions_commands,
                                _requested(execution_id), count=1)  # type: ignore[arg-type]
     stop.set()
     await asyncio.wait_for(up, 30)

@@ -45,10 +45,10 @@ async def _bootstrap(api_settings: Settings) -> str:
 
 
 @pytest.fixture(scope="module")
-def live_api(database_url: str, kafka_settings: KafkaSettings) -> Iterator[tuple[str, str]]:
+def live_api(database_url: str, api_kafka: KafkaSettings) -> Iterator[tuple[str, str]]:
     """(base URL, admin key) of the app served by uvicorn on a free port."""
     api_settings = Settings(database=DatabaseSettings(url=database_url, pool_size=5),
-                            kafka=kafka_settings, relay_enabled=False)
+                            kafka=api_kafka, relay_enabled=False)
     key = asyncio.run(_bootstrap(api_settings))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
