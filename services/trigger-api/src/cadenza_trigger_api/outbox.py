@@ -1,11 +1,13 @@
 """The transactional outbox: rows written with the change they announce, and the relay.
 
 Routes call `outbox_row` and insert it in the same transaction as their change.
-The relay publishes unsent rows in id order, batch by batch, with
-`FOR UPDATE SKIP LOCKED` so several replicas can run side by side, and marks them
-sent in the same transaction. When Kafka is down the batch rolls back and the rows
-wait: nothing is lost (a batch that failed half-way is sent again, so delivery is
-at-least-once; consumers dedupe by event id).
+The relay publishes unsent rows in id order, batch by batch, and marks them sent in
+the same transaction. Several replicas run it side by side: a transaction-scoped
+advisory lock lets one batch be in flight at a time (so one execution's commands
+are never reordered between replicas, and a replica that dies hands over at once),
+and `FOR UPDATE SKIP LOCKED` keeps claimed rows from being claimed twice. When Kafka
+is down the batch rolls back and the rows wait: nothing is lost (a batch that failed
+half-way is sent again, so delivery is at-least-once; consumers dedupe by event id).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ SOURCE = "/cadenza/trigger-api"
 SEND_TIMEOUT_S = 30.0
 LAG_EVERY_S = 1.0
 
+RELAY_LOCK_ID = 0x6361_6465_6E7A_61  # "cadenza"
+ONE_RELAY_AT_A_TIME = "SELECT pg_try_advisory_xact_lock($1)"
 CLAIM = """
 SELECT id, topic, key, value, headers FROM outbox
 WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -96,6 +100,8 @@ class OutboxRelay:
     async def relay_once(self, prod: AIOKafkaProducer) -> int:
         """Publish one batch of unsent rows; return how many were sent."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(ONE_RELAY_AT_A_TIME, RELAY_LOCK_ID):
+                return 0  # another replica is relaying; it keeps the global order
             rows = await conn.fetch(CLAIM, self._batch)
             if not rows:
                 return 0
