@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 
@@ -26,7 +27,6 @@ from cadenza_trigger_api.settings import Settings
 
 from .conftest import VALID_SPEC
 
-schemathesis = pytest.importorskip("schemathesis")
 checks = schemathesis.checks
 
 pytestmark = pytest.mark.integration
