@@ -223,6 +223,13 @@ class ExecutionRequested(ExecutionEvent):
     initiated_by: Actor = Field(default_factory=Actor)
     parent: ParentRef | None = None
     jitter_seed: int = 0
+    workflow_ref: str | None = Field(
+        default=None,
+        description=(
+            "A sub_workflow child's target as `slug` or `slug@version`; set by the scheduler, "
+            "whose shell loads that version's snapshot into `workflow` before publishing."
+        ),
+    )
 
 
 class CancelRequested(ExecutionEvent):

@@ -1,0 +1,141 @@
+"""ExecutionState and NodeState: everything the scheduler knows about one execution (no I/O).
+
+The state is a pydantic model so the Faust shell can store it as JSON in its table;
+`decide()` never mutates the state it is given (it works on `clone()`).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cadenza_common.events import Actor, ExecutionStatus, ParentRef, StepError, TimerKind
+from cadenza_common.workflow import WorkflowSpec
+
+
+class NodeStatus(StrEnum):
+    """Where one node is; the last four are terminal."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {NodeStatus.SUCCEEDED, NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.CANCELLED}
+)
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class ItemState(_State):
+    """One item of a `map` node."""
+
+    status: NodeStatus = NodeStatus.PENDING
+    attempt: int = 0
+    output: Any = None
+    error: StepError | None = None
+
+
+class NodeState(_State):
+    """One node: its status, current attempt, and what it produced."""
+
+    status: NodeStatus = NodeStatus.PENDING
+    attempt: int = 0
+    output: Any = None
+    error: StepError | None = None
+    reason: str = ""
+    chosen: list[str] | None = None
+    goto_fired: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    child_execution_id: uuid.UUID | None = None
+    items: list[Any] | None = None
+    item_states: list[ItemState] | None = None
+
+
+class Timer(_State):
+    """A due time owned by this execution; the shell fires it as TimerFired."""
+
+    timer_id: str
+    kind: TimerKind
+    due_at: datetime
+    node_id: str | None = None
+    attempt: int | None = None
+
+
+class Compensation(_State):
+    """Saga compensation in progress: nodes to undo, in reverse completion order."""
+
+    order: list[str]
+    position: int = 0
+    attempt: int = 1
+    failed: list[str] = Field(default_factory=list)
+
+
+class ExecutionState(_State):
+    """One execution: its workflow snapshot, node states, timers and counters."""
+
+    execution_id: uuid.UUID
+    org_id: uuid.UUID
+    workflow_id: uuid.UUID
+    workflow_version: int
+    spec: WorkflowSpec
+    input: dict[str, Any] = Field(default_factory=dict)
+    initiated_by: Actor = Field(default_factory=Actor)
+    parent: ParentRef | None = None
+    jitter_seed: int = 0
+    status: ExecutionStatus = ExecutionStatus.RUNNING
+    phase: Literal["running", "compensating", "finished"] = "running"
+    started_at: datetime
+    finished_at: datetime | None = None
+    seq: int = 0
+    emitted: int = 0
+    nodes: dict[str, NodeState] = Field(default_factory=dict)
+    timers: list[Timer] = Field(default_factory=list)
+    completed: list[str] = Field(default_factory=list)
+    failure: StepError | None = None
+    failed_node: str | None = None
+    compensation: Compensation | None = None
+    output: Any = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "finished"
+
+    def clone(self) -> ExecutionState:
+        """A deep copy that shares the immutable spec."""
+        return copy.deepcopy(self, memo={id(self.spec): self.spec})
+
+    def node(self, node_id: str) -> NodeState:
+        return self.nodes[node_id]
+
+    def timer(self, timer_id: str) -> Timer | None:
+        return next((t for t in self.timers if t.timer_id == timer_id), None)
+
+    def drop_timers(self, node_id: str | None = None) -> None:
+        """Forget the timers of one node (all timers when `node_id` is None)."""
+        if node_id is None:
+            self.timers = []
+        else:
+            item_prefix = f"{node_id}["
+            self.timers = [
+                t
+                for t in self.timers
+                if t.node_id != node_id and not (t.node_id or "").startswith(item_prefix)
+            ]
