@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> Scheduler:
 
     _on_rebalance(app, table, shell, topics, ready)
     app.task(_timer_task(app, shell, metrics, topics, ready, settings.timer_tick_s))
-    _add_views(app, metrics, ready)
+    _add_views(app, shell, metrics, ready)
     return Scheduler(app=app, shell=shell, table=table, ready=ready)
 
 
@@ -166,7 +166,7 @@ def _timer_task(
     return fire_timers
 
 
-def _add_views(app: faust.App, metrics: Metrics, ready: asyncio.Event) -> None:
+def _add_views(app: faust.App, shell: Shell, metrics: Metrics, ready: asyncio.Event) -> None:
     """`/metrics`, `/health/live`, `/health/ready` (ready once recovery finished)."""
 
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -178,7 +178,7 @@ def _add_views(app: faust.App, metrics: Metrics, ready: asyncio.Event) -> None:
 
     async def ready_view(web: Any, request: Any) -> Any:
         if ready.is_set() and not app.rebalancing:
-            return web.json({"status": "ready"})
+            return web.json({"status": "ready", "partitions": sorted(shell.owned)})
         return web.json({"status": "recovering"}, status=503)
 
     app.page("/metrics")(metrics_view)

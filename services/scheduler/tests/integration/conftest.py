@@ -62,7 +62,7 @@ class SchedulerProcess:
             "CADENZA_SCHEDULER_WEB_PORT": str(self.port),
             "CADENZA_SCHEDULER_DATA_DIR": str(self.workdir / f"data{self.starts}"),
             "CADENZA_SCHEDULER_SESSION_TIMEOUT_S": "6",
-            "CADENZA_SCHEDULER_LOG_LEVEL": "warning",
+            "CADENZA_SCHEDULER_LOG_LEVEL": os.environ.get("SCHED_TEST_LOG", "warning"),
             **env,
         }
         with self.log.open("ab") as out:
@@ -155,11 +155,13 @@ class Runner:
 
     kafka: KafkaSettings
     answer: Answer = succeed
+    delay_s: Callable[[], float] | None = None
     readies: Counter[tuple[uuid.UUID, str, int]] = field(default_factory=Counter)
 
     async def run(self, prod: AIOKafkaProducer) -> None:
         topics = ev.Topics(self.kafka.topic_prefix)
         group = f"runner-{uuid.uuid4().hex[:8]}"
+        pending: set[asyncio.Task[None]] = set()
         async with consumer(self.kafka, [topics.steps_ready], group) as cons:
             while True:
                 batch = await cons.getmany(timeout_ms=100)
@@ -168,10 +170,24 @@ class Runner:
                         ready = decode(record.value, record.headers)
                         assert isinstance(ready, ev.StepReady)
                         self.readies[(ready.execution_id, ready.node_id, ready.attempt)] += 1
-                        for out in self.answer(ready) or ():
-                            await send_event(prod, topics.steps_completed, out, source="/test")
+                        outs = self.answer(ready) or []
+                        if self.delay_s is None:
+                            await self._send(prod, topics, outs, 0.0)
+                        else:
+                            pending.add(
+                                asyncio.create_task(self._send(prod, topics, outs, self.delay_s()))
+                            )
+                            pending = {t for t in pending if not t.done()}
                 if batch:
                     await cons.commit()
+
+    async def _send(
+        self, prod: AIOKafkaProducer, topics: ev.Topics, outs: list[ev.Event], delay: float
+    ) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        for out in outs:
+            await send_event(prod, topics.steps_completed, out, source="/test")
 
 
 @dataclass
