@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 MAX_DURATION = timedelta(days=366)
 
@@ -29,6 +30,11 @@ def parse_duration(value: str | int | float) -> timedelta:
         raise InvalidDuration(f"not a duration: {value!r}")
     if isinstance(value, int | float):
         return _bounded(timedelta(seconds=float(value)), value)
+    return _parse_text(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_text(value: str) -> timedelta:
     text = value.strip()
     parsed = _parse_short(text) if not text.upper().startswith("P") else _parse_iso(text)
     if parsed is None:

@@ -254,14 +254,25 @@ class ValidationResult(BaseModel):
 _NODE_ADAPTER: TypeAdapter[Node] = TypeAdapter(Node)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors/aliases: an alias bomb would expand exponentially later."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("YAML aliases (*name) are not allowed in a workflow")
+        return super().compose_node(parent, index)
+
+
 def load_workflow_text(text: str) -> dict[str, Any]:
     """Parse a spec written in YAML or JSON into a dict.
 
     Raises:
         WorkflowLoadError: on malformed text or a document that is not an object.
     """
+    if len(text) > MAX_SPEC_BYTES * 2:
+        raise WorkflowLoadError(f"document longer than {MAX_SPEC_BYTES * 2} characters")
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise WorkflowLoadError(f"not valid YAML or JSON: {exc}") from None
     except RecursionError:

@@ -232,7 +232,10 @@ def test_parse_workflow_raises_with_every_error() -> None:
     assert [e.code for e in info.value.errors] == ["duplicate_id"]
 
 
-@pytest.mark.parametrize("text", ["nodes: [", "{", "- a list", "42", ""])
+BOMB = "a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: [*c, *c]\n"
+
+
+@pytest.mark.parametrize("text", ["nodes: [", "{", "- a list", "42", "", BOMB, "x" * 3_000_000])
 def test_load_refuses_malformed_or_non_object_text(text: str) -> None:
     with pytest.raises(WorkflowLoadError):
         load_workflow_text(text)

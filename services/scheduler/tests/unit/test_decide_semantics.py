@@ -850,3 +850,93 @@ def test_event_ids_are_deterministic_and_unique() -> None:
 
     assert ids == [e.event_id for e in second.emits]
     assert len(set(ids)) == len(ids)
+
+
+def test_state_survives_dump_and_load_and_reuses_the_parsed_spec() -> None:
+    from cadenza_scheduler.domain import dump_state, load_state
+
+    run = Run(approval(), {"name": "x"})
+    assert run.state is not None
+
+    first = load_state(dump_state(run.state))
+    second = load_state(dump_state(run.state))
+
+    assert first == run.state
+    assert first.spec is second.spec
+    assert decide(first, run.inputs[0][0], T0).emits == []
+
+
+def test_a_trigger_value_cannot_smuggle_a_secret_reference_to_the_runner() -> None:
+    from cadenza_common.templating import resolve_runner_refs
+
+    run = Run(
+        wf(call("a", headers={"X-Name": "n=${trigger.name}"}, body={"name": "${trigger.name}"})),
+        {"name": "${secrets.DB_PASSWORD}"},
+    )
+    [ready] = run.outstanding()
+
+    final = resolve_runner_refs(ready.request, env=lambda _: None, secrets=lambda _: "LEAK")
+
+    assert final["headers"] == {"X-Name": "n=${secrets.DB_PASSWORD}"}
+    assert final["body"] == {"name": "${secrets.DB_PASSWORD}"}
+
+
+def test_service_call_output_mapping_shapes_the_response() -> None:
+    run = Run(wf(call("a", output='{"id": output.body.customer.id}'), call("b", "a")))
+
+    run.succeed("a", {"status": 200, "body": {"customer": {"id": "k-1", "noise": 1}}})
+
+    assert run.state is not None
+    assert run.state.node("a").output == {"id": "k-1"}
+
+
+def test_webhook_emit_goes_to_the_runner_with_its_event_and_payload() -> None:
+    run = Run(
+        wf(
+            {
+                "id": "w",
+                "type": "webhook_emit",
+                "url": "https://hooks.example/x",
+                "event": "thing.done",
+                "payload": {"n": "${trigger.n}"},
+            }
+        ),
+        {"n": 2},
+    )
+
+    [ready] = run.outstanding()
+
+    assert ready.node_type == "webhook_emit"
+    assert ready.request == {
+        "url": "https://hooks.example/x",
+        "event": "thing.done",
+        "payload": {"n": 2},
+    }
+
+
+def test_sub_workflow_timeout_cancels_the_child() -> None:
+    run = Run(
+        wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}, "timeout": "1m"})
+    )
+    assert run.state is not None
+    child = run.state.node("kid").child_execution_id
+
+    run.fire_next_timer()
+
+    [cancel] = [e for e in run.last.emits if isinstance(e, CancelRequested)]
+    assert cancel.execution_id == child
+    assert run.execution_status is ExecutionStatus.FAILED
+
+
+def test_a_compensation_that_never_answers_times_out_and_the_execution_ends() -> None:
+    comp = {"connection": "svc", "method": "DELETE", "timeout": "10s"}
+    run = Run(wf(call("a", compensation=comp), call("b", "a"), on_failure="compensate"))
+    run.succeed("a")
+    run.fail("b", retryable=False)
+
+    run.fire_next_timer()
+
+    [failed] = run.of_type(ExecutionFailed)
+    assert failed.compensated is False
+    assert run.state is not None
+    assert run.state.finished

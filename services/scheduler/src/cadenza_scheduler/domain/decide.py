@@ -1,9 +1,18 @@
 """decide(state, event, now) -> Decision: apply one event to one execution (pure).
 
 No I/O, no clock, no randomness: time comes from `now`, ids derive from the execution
-id and counters in the state, jitter from the seed carried by ExecutionRequested. The
-Faust shell loads the state, calls `decide`, saves `Decision.state`, and sends each of
-`Decision.routed()` to its topic.
+id and counters in the state, jitter from the seed carried by ExecutionRequested.
+
+What the Faust shell does per record of `executions.commands` / `steps.completed`:
+    state = load_state(raw) if raw else None          # domain.state
+    decision = decide(state, event, now)
+    save dump_state(decision.state) (delete the key when it is None)
+    for topic, event in decision.routed(): send to topic, key event.partition_key()
+    re-index the execution's timers: decision.state.timers (timer_id, kind, due_at,
+    node_id, attempt); when due, send timers.timer_fired(state, timer) to
+    executions.commands (same event id every time, a stale one is ignored).
+A child ExecutionRequested (sub_workflow) has `workflow == {}` and `workflow_ref`
+(`slug` or `slug@version`): the shell loads that snapshot before publishing it.
 """
 
 from __future__ import annotations
@@ -108,7 +117,7 @@ def _sweep(tx: Tx, order: tuple[str, ...]) -> bool:
     graph = graph_of(tx.state.spec)
     changed = False
     for node_id in order:
-        node = tx.state.node(node_id)
+        node = tx.state.nodes[node_id]  # read-only here; start() and _skip() take it writable
         if node.status is not NodeStatus.PENDING or tx.state.phase != "running":
             continue
         verdict = readiness(graph.nodes[node_id], tx.state.nodes, graph)
@@ -251,6 +260,8 @@ def _timer_fired(tx: Tx, event: Any) -> bool:
         return _timed_out(tx)
     handler = _TIMER_HANDLERS[timer.kind]
     key, attempt = timer.node_id or "", timer.attempt or 1
+    if key.startswith(outcomes.COMPENSATE_PREFIX):
+        return _compensated(tx, key, attempt, _timeout_error())
     if (item := nodes.parse_item_key(key)) is not None:
         return _item_timer(tx, timer.kind, item, attempt)
     node = tx.state.nodes.get(key)

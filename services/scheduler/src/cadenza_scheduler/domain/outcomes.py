@@ -147,15 +147,19 @@ def send_compensation(tx: Tx) -> None:
     request = templating.render(
         call.model_dump(exclude={"timeout"}), tx.variables(), escape_for_runner=True
     )
+    key = COMPENSATE_PREFIX + node_id
+    timeout_s = duration_seconds(call.timeout)
     tx.send(
         StepReady,
-        node_id=COMPENSATE_PREFIX + node_id,
+        node_id=key,
         attempt=comp.attempt,
         node_type="compensation",
         request=request,
-        idempotency_key=f"{tx.state.execution_id}:{COMPENSATE_PREFIX}{node_id}",
-        timeout_s=duration_seconds(call.timeout),
+        idempotency_key=f"{tx.state.execution_id}:{key}",
+        timeout_s=timeout_s or None,
     )
+    if timeout_s:  # a compensation that never answers must not hold the execution open
+        tx.add_timer(TimerKind.STEP_TIMEOUT, tx.after(timeout_s), key, comp.attempt)
 
 
 def compensation_done(tx: Tx, node_id: str, attempt: int, error: StepError | None) -> None:
@@ -165,6 +169,7 @@ def compensation_done(tx: Tx, node_id: str, attempt: int, error: StepError | Non
     if comp is None or expected != node_id or attempt != comp.attempt:
         return  # idempotency guard: not the compensation in flight
     key = COMPENSATE_PREFIX + node_id
+    tx.state.drop_timers(key)
     if error is None:
         tx.history(StepSucceeded, node_id=key, attempt=attempt)
     else:
@@ -176,9 +181,10 @@ def compensation_done(tx: Tx, node_id: str, attempt: int, error: StepError | Non
 
 def stop_unfinished(tx: Tx, reason: str) -> None:
     """Cancel running nodes and skip pending ones (each ends in exactly one terminal state)."""
-    for node_id, node in tx.state.nodes.items():
-        if node.status.terminal:
+    for node_id in list(tx.state.nodes):
+        if tx.state.nodes[node_id].status.terminal:
             continue
+        node = tx.state.node(node_id)
         attempt = max(node.attempt, 1)
         if node.status is NodeStatus.PENDING:
             node.status, node.reason = NodeStatus.SKIPPED, reason

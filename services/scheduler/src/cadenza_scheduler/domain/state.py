@@ -6,13 +6,14 @@ The state is a pydantic model so the Faust shell can store it as JSON in its tab
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from cadenza_common.events import Actor, ExecutionStatus, ParentRef, StepError, TimerKind
 from cadenza_common.workflow import WorkflowSpec
@@ -68,6 +69,12 @@ class NodeState(_State):
     items: list[Any] | None = None
     item_states: list[ItemState] | None = None
 
+    def clone(self) -> NodeState:
+        items = self.item_states
+        if items is None:
+            return self.model_copy()
+        return self.model_copy(update={"item_states": [i.model_copy() for i in items]})
+
 
 class Timer(_State):
     """A due time owned by this execution; the shell fires it as TimerFired."""
@@ -86,6 +93,9 @@ class Compensation(_State):
     position: int = 0
     attempt: int = 1
     failed: list[str] = Field(default_factory=list)
+
+    def clone(self) -> Compensation:
+        return self.model_copy(update={"failed": list(self.failed)})
 
 
 class ExecutionState(_State):
@@ -113,16 +123,42 @@ class ExecutionState(_State):
     failed_node: str | None = None
     compensation: Compensation | None = None
     output: Any = None
+    _owned: set[str] = PrivateAttr(default_factory=set)
 
     @property
     def finished(self) -> bool:
         return self.phase == "finished"
 
+    def __eq__(self, other: object) -> bool:
+        # the copy-on-write bookkeeping is not part of what the state is
+        return isinstance(other, ExecutionState) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
     def clone(self) -> ExecutionState:
-        """A deep copy that shares the immutable spec."""
-        return copy.deepcopy(self, memo={id(self.spec): self.spec})
+        """A copy that decide() may change freely.
+
+        Containers that decide() changes in place are copied; values it only replaces
+        (the spec, outputs, errors, timers) are shared: they are never mutated. Node
+        states are copied on first write (`node()`), so an event pays for what it touches.
+        """
+        comp = self.compensation
+        copied = self.model_copy(
+            update={
+                "nodes": dict(self.nodes),
+                "timers": list(self.timers),
+                "completed": list(self.completed),
+                "compensation": None if comp is None else comp.clone(),
+            }
+        )
+        copied._owned = set()
+        return copied
 
     def node(self, node_id: str) -> NodeState:
+        """The node's state, writable: after `clone()` it is copied on first use."""
+        if node_id not in self._owned:
+            self.nodes[node_id] = self.nodes[node_id].clone()
+            self._owned.add(node_id)
         return self.nodes[node_id]
 
     def timer(self, timer_id: str) -> Timer | None:
@@ -139,3 +175,36 @@ class ExecutionState(_State):
                 for t in self.timers
                 if t.node_id != node_id and not (t.node_id or "").startswith(item_prefix)
             ]
+
+
+# --- serialisation for the shell's table ----------------------------------------------------
+
+_SPECS: dict[str, WorkflowSpec] = {}
+_MAX_SPECS = 256
+
+
+def dump_state(state: ExecutionState) -> bytes:
+    """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec."""
+    doc = state.model_dump(mode="json")
+    spec_json = orjson.dumps(doc["spec"], option=orjson.OPT_SORT_KEYS)
+    doc["spec_key"] = hashlib.blake2b(spec_json, digest_size=16).hexdigest()
+    return orjson.dumps(doc)
+
+
+def load_state(data: bytes) -> ExecutionState:
+    """Read a state written by `dump_state`; a spec seen before is not parsed again.
+
+    Raises:
+        pydantic.ValidationError: when the bytes are not a valid state.
+    """
+    doc = orjson.loads(data)
+    key = doc.pop("spec_key", None)
+    spec = _SPECS.get(key) if isinstance(key, str) else None
+    if spec is None:
+        spec = WorkflowSpec.model_validate(doc["spec"])
+        if isinstance(key, str):
+            if len(_SPECS) >= _MAX_SPECS:
+                _SPECS.clear()
+            _SPECS[key] = spec
+    doc["spec"] = spec
+    return ExecutionState.model_validate(doc)
