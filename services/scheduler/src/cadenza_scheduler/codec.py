@@ -1,7 +1,8 @@
 """How one execution is stored in the Faust table: state, outbox and a summary, as JSON bytes.
 
-The stored value is `{"outbox": [...], "timers": [[due_ts, timer_id], ...], "finished_at":
-ts|null, "state": {...}|null}`. The outbox holds the events of the last transition until
+The stored value is one JSON line `{"outbox": [...], "timers": [[due_ts, timer_id], ...],
+"finished_at": ts|null}`, a newline, then the state as written by `domain.dump_state`
+(or `null`). The outbox holds the events of the last transition until
 their sends were confirmed (see the package docstring); `timers` and `finished_at` repeat
 what the state says so that a rebalance can rebuild the timer heap and resend outboxes
 with `orjson.loads` only, without validating every state.
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from cadenza_common.events import Event, event_class
-from cadenza_scheduler.domain import ExecutionState
+from cadenza_scheduler.domain import ExecutionState, dump_state, load_state
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def load_event(raw: dict[str, Any]) -> Event:
 
 
 def state_json(state: ExecutionState | None) -> bytes:
-    """The state as JSON, computed once per transition and embedded in both table writes."""
-    return b"null" if state is None else orjson.dumps(state.model_dump(mode="json"))
+    """The state as JSON (`dump_state`), computed once per transition, used in both writes."""
+    return b"null" if state is None else dump_state(state)
 
 
 def dump(stored: Stored, state_bytes: bytes | None = None) -> bytes:
@@ -53,41 +54,43 @@ def dump(stored: Stored, state_bytes: bytes | None = None) -> bytes:
     state = stored.state
     if state_bytes is None:
         state_bytes = state_json(state)
-    return orjson.dumps(
-        {
-            "outbox": [dump_event(e) for e in stored.outbox],
-            "timers": []
-            if state is None
-            else [[t.due_at.timestamp(), t.timer_id] for t in state.timers],
-            "finished_at": None
-            if state is None or state.finished_at is None or not state.finished
-            else state.finished_at.timestamp(),
-            "state": orjson.Fragment(state_bytes),
-        }
-    )
+    meta = {
+        "outbox": [dump_event(e) for e in stored.outbox],
+        "timers": []
+        if state is None
+        else [[t.due_at.timestamp(), t.timer_id] for t in state.timers],
+        "finished_at": None
+        if state is None or state.finished_at is None or not state.finished
+        else state.finished_at.timestamp(),
+    }
+    return orjson.dumps(meta) + b"\n" + state_bytes
+
+
+def _split(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    meta, _, state = raw.partition(b"\n")
+    return orjson.loads(meta), state
 
 
 def load(raw: bytes | None) -> Stored:
     """Parse a stored execution (None or empty: nothing stored)."""
     if not raw:
         return Stored(None)
-    doc = orjson.loads(raw)
-    state = doc.get("state")
+    meta, state = _split(raw)
     return Stored(
-        None if state is None else ExecutionState.model_validate(state),
-        [load_event(e) for e in doc.get("outbox") or ()],
+        None if state in (b"", b"null") else load_state(state),
+        [load_event(e) for e in meta.get("outbox") or ()],
     )
 
 
 def summary(raw: bytes | None) -> Summary:
-    """The outbox, timers and finish time of a stored execution, cheaply."""
+    """The outbox, timers and finish time of a stored execution, without parsing the state."""
     if not raw:
         return Summary([], [], None)
-    doc = orjson.loads(raw)
+    meta, _ = _split(raw)
     return Summary(
-        [load_event(e) for e in doc.get("outbox") or ()],
-        [(float(due), str(tid)) for due, tid in doc.get("timers") or ()],
-        doc.get("finished_at"),
+        [load_event(e) for e in meta.get("outbox") or ()],
+        [(float(due), str(tid)) for due, tid in meta.get("timers") or ()],
+        meta.get("finished_at"),
     )
 
 
