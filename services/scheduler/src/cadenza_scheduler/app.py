@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> Scheduler:
         web_metrics_enabled=False,
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
     )
     table = app.Table("executions", key_type=str, value_type=bytes, partitions=kafka.partitions)

@@ -28,5 +28,6 @@ class Settings(BaseSettings):
     timer_tick_s: float = Field(default=0.05, gt=0)
     log_level: str = "info"
     session_timeout_s: float = Field(default=10.0, ge=6.0)
+    rebalance_timeout_s: float = Field(default=60.0, ge=1.0)
     commit_interval_s: float = Field(default=1.0, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -62,6 +62,7 @@ class SchedulerProcess:
             "CADENZA_SCHEDULER_WEB_PORT": str(self.port),
             "CADENZA_SCHEDULER_DATA_DIR": str(self.workdir / f"data{self.starts}"),
             "CADENZA_SCHEDULER_SESSION_TIMEOUT_S": "6",
+            "CADENZA_SCHEDULER_REBALANCE_TIMEOUT_S": "10",
             "CADENZA_SCHEDULER_LOG_LEVEL": os.environ.get("SCHED_TEST_LOG", "warning"),
             **env,
         }
