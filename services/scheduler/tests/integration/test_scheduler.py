@@ -10,7 +10,7 @@ import pytest
 from cadenza_common import events as ev
 from cadenza_common.kafka import encode
 
-from .conftest import Harness, SchedulerProcess, call, workflow
+from .conftest import Harness, SchedulerProcess, call, succeed, workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -66,3 +66,34 @@ async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
     assert "malformed JSON" in reasons[harness.topics.steps_completed]
     assert "nope" in reasons[harness.topics.executions_commands]
     assert all(dict(r.headers)["dlq_consumer"] for r in harness.history.dlq)
+
+
+async def test_duplicated_and_late_completions_change_nothing(
+    schedulers: Callable[[], SchedulerProcess], harness: Harness
+) -> None:
+    previous: dict[uuid.UUID, ev.Event] = {}
+
+    def answer_twice_and_repeat_the_last(ready: ev.StepReady) -> list[ev.Event]:
+        [done] = succeed(ready)
+        late = previous.get(ready.execution_id)
+        previous[ready.execution_id] = done
+        return [done, done] + ([late] if late is not None else [])
+
+    harness.runner.answer = answer_twice_and_repeat_the_last
+    scheduler = schedulers()
+    scheduler.start()
+    ids = [
+        await harness.request(
+            workflow(call("a"), call("b", "a"), call("c", "a"), call("d", "b", "c"))
+        )
+        for _ in range(5)
+    ]
+
+    await scheduler.wait_ready()
+    await harness.history.wait_finished(ids, timeout=60)
+
+    for execution_id in ids:
+        assert isinstance(harness.history.finished(execution_id), ev.ExecutionSucceeded)
+        done = sorted(e.node_id for e in harness.history.of_type(execution_id, ev.StepSucceeded))
+        assert done == ["a", "b", "c", "d"]
+    assert all(n == 1 for n in harness.runner.readies.values())
