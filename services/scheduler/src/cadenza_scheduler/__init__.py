@@ -1,1 +1,54 @@
-"""Cadenza scheduler service."""
+"""Cadenza scheduler service: a faust-streaming app around the pure `domain.decide()`.
+
+What it does: one agent (concurrency 1) reads `executions.commands` and `steps.completed`
+(both keyed by execution id, same partition count, so co-partitioned), keeps each
+execution in the Faust table `executions` (key: execution id, value: JSON bytes, see
+`codec`), calls `decide(state, event, now)` and sends what it emits to `steps.ready`,
+`executions.events` or `executions.commands`, keyed by execution id.
+
+Guarantees we rely on, and why they hold:
+
+- At-least-once input, no Kafka transactions (faust's EOS has open bugs #517/#323).
+  Faust commits a source offset only after the agent finished the record (the stream
+  acks it when the next one is taken) and, before committing, flushes its producer
+  (`Consumer._commit_offsets` calls `producer.flush()`), so every changelog write and
+  every send made while handling a record is on the broker before that record's offset
+  is committed. A crash re-delivers everything after the last commit.
+- Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
+  unfinished record). One agent instance handles all assigned partitions in order.
+- The table changes only when a new value is assigned (`table[key] = value`); we never
+  mutate a value in place (decide() returns a new state; we store new bytes).
+- A raising agent is restarted by its supervisor and the record is skipped, so
+  `Shell.on_record` catches everything: undecodable records (PoisonRecord) and records
+  whose handling raised go to the DLQ with the `dlq_*` headers of `DeadLetters`. Sends
+  are retried with backoff before a record is given up to the DLQ.
+
+No lost emits across a crash (the outbox). For each record that changes something:
+  1. `table[key] = {state: new, outbox: emits}` (one changelog record);
+  2. send every emit and wait for the broker's acknowledgements;
+  3. `table[key] = {state: new, outbox: []}`.
+A crash between 1 and 3 leaves the outbox in the changelog. On partition assignment,
+after recovery, the shell resends every non-empty outbox of the partitions it owns
+(remembering which keys it resent), and the next record for such a key resends it
+again unless that was already done, then clears it. The re-delivered input itself is a
+duplicate for decide() (state already advanced) and emits nothing. A crash after the
+sends but before the changelog write of step 1 is flushed replays the input on the old
+state: decide() is deterministic in ids (event ids derive from the execution id and a
+counter), so the re-emitted events carry the same event ids and seq as the first
+ones — consumers dedupe by event id. Duplicated StepReady are harmless (the runner sends
+an Idempotency-Key; decide() ignores a second completion of the same attempt).
+
+Durable timers: due times live in the state (`ExecutionState.timers`); the stored value
+repeats them so a rebalance rebuilds the in-memory heap (`timers.TimerHeap`) from
+`orjson.loads` alone. A background task sends `TimerFired` for due timers to
+`executions.commands` keyed by the execution id, so the agent applies it in order;
+decide() ignores stale ones, so firing twice (e.g. around a rebalance) is harmless.
+
+Retention: a finished execution gets a shell-only timer (`cadenza:retention`); when it
+fires, a TimerFired with that id reaches the agent, which deletes the key (a tombstone
+in the changelog). decide() never sees that timer id.
+
+Not covered here: `sub_workflow` children whose ExecutionRequested carries only a
+`workflow_ref` (loading that workflow version needs the database; the shell passes the
+event on as decide() emits it).
+"""

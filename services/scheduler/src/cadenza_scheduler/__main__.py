@@ -1,12 +1,19 @@
-"""Entry point of the scheduler service: `python -m cadenza_scheduler`."""
+"""Entry point of the scheduler service: `python -m cadenza_scheduler` runs a Faust worker."""
 
-import sys
+from __future__ import annotations
+
+import faust
+
+from cadenza_scheduler.app import create_app
+from cadenza_scheduler.settings import Settings
 
 
 def run() -> None:
-    """Start the service (not built yet)."""
-    print("cadenza scheduler: not built yet", file=sys.stderr)
-    sys.exit(0)
+    """Read the settings from the environment and run the worker until it is stopped."""
+    settings = Settings()
+    scheduler = create_app(settings)
+    worker = faust.Worker(scheduler.app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""The Faust app: its input topics, the `executions` table, the agent and the timer task.
+
+Wiring only: every decision is in `domain.decide()`, every record-level step in
+`agents.Shell`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiohttp import web as aioweb
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cadenza_common.events import Topics
+from cadenza_scheduler.agents import Headers, Shell
+from cadenza_scheduler.metrics import Metrics
+from cadenza_scheduler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scheduler:
+    """The app and what its views and tests look at."""
+
+    app: faust.App
+    shell: Shell
+    table: Any
+    ready: asyncio.Event
+
+
+def create_app(settings: Settings) -> Scheduler:
+    """Build the Faust app for `settings` (nothing connects until the worker starts)."""
+    kafka = settings.kafka
+    topics = Topics(kafka.topic_prefix)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{kafka.bootstrap_servers.replace(',', ';kafka://')}",
+        store=settings.store,
+        datadir=settings.data_dir,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
+    )
+    table = app.Table("executions", key_type=str, value_type=bytes, partitions=kafka.partitions)
+    metrics = Metrics()
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> Any:
+        return await app.producer.send(topic, key, value, None, None, list(headers))
+
+    shell = Shell(
+        table,
+        send,
+        topics,
+        source=settings.source,
+        consumer_name=settings.app_id,
+        retention_s=settings.retention_s,
+        partitions=kafka.partitions,
+        metrics=metrics,
+    )
+    ready = asyncio.Event()
+    inputs = app.topic(
+        topics.executions_commands,
+        topics.steps_completed,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+
+    @app.agent(inputs, concurrency=1)
+    async def schedule(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            await shell.on_record(
+                event.value,
+                message.headers,
+                key=event.key,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
+
+    _on_rebalance(app, table, shell, topics, ready)
+    app.task(_timer_task(app, shell, metrics, topics, ready, settings.timer_tick_s))
+    _add_views(app, shell, metrics, ready)
+    return Scheduler(app=app, shell=shell, table=table, ready=ready)
+
+
+def _on_rebalance(
+    app: faust.App, table: Any, shell: Shell, topics: Topics, ready: asyncio.Event
+) -> None:
+    """Revocation drops the in-memory indexes; recovery rebuilds them and resends outboxes."""
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        ready.clear()
+        shell.revoked()
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    async def on_recovered() -> None:
+        owned = {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == topics.executions_commands
+        }
+        resent = await shell.recovered(owned)
+        log.info(
+            "recovered partitions %s: %d timers, %d outboxes resent",
+            sorted(owned),
+            len(shell.heap),
+            resent,
+        )
+        ready.set()
+
+    table.on_recover(on_recovered)
+
+
+def _timer_task(
+    app: faust.App,
+    shell: Shell,
+    metrics: Metrics,
+    topics: Topics,
+    ready: asyncio.Event,
+    tick_s: float,
+) -> Callable[[], Awaitable[None]]:
+    """The background loop that fires due timers (and refreshes the lag gauges)."""
+
+    async def fire_timers() -> None:
+        last_lag = 0.0
+        while not app.should_stop:
+            try:
+                if ready.is_set():
+                    await shell.fire_due()
+                    if time.monotonic() - last_lag > 5.0:
+                        last_lag = time.monotonic()
+                        _update_lag(app, metrics, topics)
+            except Exception:
+                log.exception("timer tick failed")
+            await asyncio.sleep(tick_s)
+
+    return fire_timers
+
+
+def _add_views(app: faust.App, shell: Shell, metrics: Metrics, ready: asyncio.Event) -> None:
+    """`/metrics`, `/health/live`, `/health/ready` (ready once recovery finished)."""
+
+    async def metrics_view(web: Any, request: Any) -> Any:
+        body = generate_latest(metrics.registry)
+        return aioweb.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def live_view(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    async def ready_view(web: Any, request: Any) -> Any:
+        if ready.is_set() and not app.rebalancing:
+            return web.json({"status": "ready", "partitions": sorted(shell.owned)})
+        return web.json({"status": "recovering"}, status=503)
+
+    app.page("/metrics")(metrics_view)
+    app.page("/health/live")(live_view)
+    app.page("/health/ready")(ready_view)
+
+
+def _update_lag(app: Any, metrics: Metrics, topics: Topics) -> None:
+    """Records behind the end of each assigned input partition (highwater - position)."""
+    consumer = app.consumer
+    for tp in app.assignor.assigned_actives():
+        if tp.topic not in (topics.executions_commands, topics.steps_completed):
+            continue
+        try:
+            high = consumer.highwater(tp)
+            position = consumer._committed_offset.get(tp)
+        except Exception:
+            log.debug("no lag for %s", tp, exc_info=True)
+            continue
+        if high is not None and position is not None:
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))

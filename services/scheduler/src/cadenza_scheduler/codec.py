@@ -1,0 +1,128 @@
+"""How one execution is stored in the Faust table: state, outbox and a summary, as JSON bytes.
+
+The stored value is one JSON line `{"outbox": [...], "timers": [[due_ts, timer_id], ...],
+"finished_at": ts|null}`, a newline, then the state as written by `domain.dump_state`
+(or `null`). The outbox holds the events of the last transition until
+their sends were confirmed (see the package docstring); `timers` and `finished_at` repeat
+what the state says so that a rebalance can rebuild the timer heap and resend outboxes
+with `orjson.loads` only, without validating every state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from cadenza_common.events import Event, event_class
+from cadenza_scheduler.domain import ExecutionState, dump_state, load_state
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One execution as kept in the table (state None: never requested, or deleted)."""
+
+    state: ExecutionState | None
+    outbox: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a rebalance needs from a stored value without parsing the state."""
+
+    outbox: list[Event]
+    timers: list[tuple[float, str]]
+    finished_at: float | None
+
+
+def dump_event(event: Event) -> dict[str, Any]:
+    return {"type": event.CE_TYPE, "data": event.model_dump(mode="json")}
+
+
+def load_event(raw: dict[str, Any]) -> Event:
+    return event_class(raw["type"]).model_validate(raw["data"])
+
+
+def state_json(state: ExecutionState | None) -> bytes:
+    """The state as JSON (`dump_state`), computed once per transition, used in both writes."""
+    return b"null" if state is None else dump_state(state)
+
+
+def dump(stored: Stored, state_bytes: bytes | None = None) -> bytes:
+    """Serialise a stored execution for the table (`state_bytes`: `state_json(state)`)."""
+    state = stored.state
+    if state_bytes is None:
+        state_bytes = state_json(state)
+    meta = {
+        "outbox": [dump_event(e) for e in stored.outbox],
+        "timers": []
+        if state is None
+        else [[t.due_at.timestamp(), t.timer_id] for t in state.timers],
+        "finished_at": None
+        if state is None or state.finished_at is None or not state.finished
+        else state.finished_at.timestamp(),
+    }
+    return orjson.dumps(meta) + b"\n" + state_bytes
+
+
+def _split(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    meta, _, state = raw.partition(b"\n")
+    return orjson.loads(meta), state
+
+
+def load(raw: bytes | None) -> Stored:
+    """Parse a stored execution (None or empty: nothing stored)."""
+    if not raw:
+        return Stored(None)
+    meta, state = _split(raw)
+    return Stored(
+        None if state in (b"", b"null") else load_state(state),
+        [load_event(e) for e in meta.get("outbox") or ()],
+    )
+
+
+def summary(raw: bytes | None) -> Summary:
+    """The outbox, timers and finish time of a stored execution, without parsing the state."""
+    if not raw:
+        return Summary([], [], None)
+    meta, _ = _split(raw)
+    return Summary(
+        [load_event(e) for e in meta.get("outbox") or ()],
+        [(float(due), str(tid)) for due, tid in meta.get("timers") or ()],
+        meta.get("finished_at"),
+    )
+
+
+class StateCache:
+    """Parsed states by key, valid while the table still holds the very same bytes object.
+
+    The memory store hands back the object we stored, so an identity check tells whether the
+    parsed copy is current; after a recovery the bytes are new objects and are parsed again.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._capacity = capacity
+        self._items: dict[str, tuple[bytes, Stored]] = {}
+
+    def load(self, key: str, raw: bytes | None) -> Stored:
+        if raw is None:
+            self._items.pop(key, None)
+            return Stored(None)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        stored = load(raw)
+        self.put(key, raw, stored)
+        return stored
+
+    def put(self, key: str, raw: bytes, stored: Stored) -> None:
+        if len(self._items) >= self._capacity:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = (raw, stored)
+
+    def forget(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()

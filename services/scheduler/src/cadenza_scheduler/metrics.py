@@ -1,0 +1,46 @@
+"""Prometheus metrics of the scheduler, in a registry of its own, served on the web port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Events processed by type, transitions, active executions, timers, decide() latency, lag."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter(
+            "cadenza_scheduler_events_total",
+            "Input records processed, by event type (dlq: sent to the DLQ)",
+            ["type"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "cadenza_scheduler_transitions_total",
+            "Events emitted by decide(), by event type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.active = Gauge(
+            "cadenza_scheduler_active_executions",
+            "Unfinished executions in the partitions this process owns",
+            registry=self.registry,
+        )
+        self.timers = Gauge(
+            "cadenza_scheduler_timers_pending",
+            "Entries in the in-memory timer heap",
+            registry=self.registry,
+        )
+        self.decide_seconds = Histogram(
+            "cadenza_scheduler_decide_seconds",
+            "Time spent in decide() per event",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "cadenza_scheduler_consumer_lag",
+            "Records behind the end of each assigned input partition",
+            ["topic", "partition"],
+            registry=self.registry,
+        )

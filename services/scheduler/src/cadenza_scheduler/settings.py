@@ -1,0 +1,33 @@
+"""The scheduler's settings (env prefix `CADENZA_SCHEDULER_`), from the shared pieces."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cadenza_common.settings import KafkaSettings
+
+
+class Settings(BaseSettings):
+    """The Faust app id (also its consumer group and changelog prefix), store and web port.
+
+    `store` is `memory://` (state rebuilt from the changelog on every start) or
+    `rocksdb://` / `rocksdict://` when that extra is installed. `retention_s` is how long a
+    finished execution stays in the table before it is deleted (tombstoned).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")
+
+    app_id: str = "cadenza-scheduler"
+    store: str = "memory://"
+    data_dir: str = ".cadenza-scheduler"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    source: str = "/cadenza/scheduler"
+    retention_s: float = Field(default=3600.0, ge=0)
+    timer_tick_s: float = Field(default=0.05, gt=0)
+    log_level: str = "info"
+    session_timeout_s: float = Field(default=10.0, ge=6.0)
+    rebalance_timeout_s: float = Field(default=60.0, ge=1.0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)

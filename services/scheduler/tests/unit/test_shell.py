@@ -1,0 +1,168 @@
+"""The shell around decide(): outbox resend, timer heap rebuild, DLQ, retention (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cadenza_common import events as ev
+from cadenza_common.kafka import decode, encode
+from cadenza_scheduler import codec
+from cadenza_scheduler.agents import Shell, partition_of
+from cadenza_scheduler.domain.simulate import request
+from cadenza_scheduler.timers import RETENTION
+
+TOPICS = ev.Topics("t.")
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Sent:
+    """The send side as a list of (topic, event or raw record)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, Sequence[tuple[str, bytes]]]] = []
+
+    async def __call__(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Any
+    ) -> Awaitable[None]:
+        self.records.append((topic, value, list(headers)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def events(self, topic: str | None = None) -> list[ev.Event]:
+        return [
+            decode(v, h)
+            for t, v, h in self.records
+            if (topic is None or t == topic) and t != TOPICS.dlq
+        ]
+
+
+def shell(table: dict[str, bytes] | None = None) -> tuple[Shell, dict[str, bytes], Sent, Clock]:
+    table = {} if table is None else table
+    sent, clock = Sent(), Clock()
+    return (
+        Shell(
+            table,  # type: ignore[arg-type]
+            sent,
+            TOPICS,
+            source="/test",
+            consumer_name="sched",
+            retention_s=60,
+            partitions=12,
+            clock=clock,
+        ),
+        table,
+        sent,
+        clock,
+    )
+
+
+def flow(*nodes: dict[str, Any]) -> dict[str, Any]:
+    return {"slug": "t", "nodes": list(nodes)}
+
+
+CALL_A = {"id": "a", "type": "service_call", "connection": "svc", "path": "/a"}
+WAIT = {"id": "w", "type": "wait", "duration": "2s"}
+
+
+async def test_a_request_saves_the_state_and_sends_its_emits_with_an_empty_outbox() -> None:
+    sched, table, sent, _ = shell()
+    req = request(flow(CALL_A))
+
+    await sched.apply(req)
+
+    stored = codec.load(table[str(req.execution_id)])
+    assert stored.state is not None
+    assert stored.outbox == []
+    assert [type(e) for e in sent.events(TOPICS.steps_ready)] == [ev.StepReady]
+    assert any(isinstance(e, ev.ExecutionStarted) for e in sent.events(TOPICS.executions_events))
+
+
+async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
+    first, table, sent_before, _ = shell()
+    req = request(flow(CALL_A))
+    await first.apply(req)
+    key = str(req.execution_id)
+    stored = codec.load(table[key])
+    emits = sent_before.events()
+    table[key] = codec.dump(codec.Stored(stored.state, emits))  # crash before the sends
+    restarted, _, sent, _ = shell(table)
+
+    await restarted.apply(req)
+
+    assert [e.event_id for e in sent.events()] == [e.event_id for e in emits]
+    assert codec.load(table[key]).outbox == []
+
+
+async def test_recovery_resends_outboxes_and_rebuilds_timers_of_owned_partitions_only() -> None:
+    first, table, _, _ = shell()
+    req = request(flow(WAIT))
+    await first.apply(req)
+    key = str(req.execution_id)
+    stored = codec.load(table[key])
+    table[key] = codec.dump(codec.Stored(stored.state, [req]))
+    owned = partition_of(key, 12)
+    restarted, _, sent, clock = shell(table)
+
+    assert await restarted.recovered({(owned + 1) % 12}) == 0
+    assert len(restarted.heap) == 0
+    assert await restarted.recovered({owned}) == 1
+    assert len(restarted.heap) == 1
+    clock.now = T0 + timedelta(seconds=1)
+    assert await restarted.fire_due() == 0
+    clock.now = T0 + timedelta(seconds=2)
+    assert await restarted.fire_due() == 1
+    fired = sent.events(TOPICS.executions_commands)[-1]
+    assert isinstance(fired, ev.TimerFired)
+    assert fired.node_id == "w"
+
+
+async def test_undecodable_and_unhandleable_records_go_to_the_dlq_with_their_origin() -> None:
+    sched, _, sent, _ = shell()
+    good = encode(request(flow(CALL_A)), source="/test")
+
+    await sched.on_record(b"{bad", good.headers, key=b"k", topic="in", partition=3, offset=9)
+    await sched.on_record(b"{}", [("ce_type", b"x")], key=b"k", topic="in", partition=3, offset=10)
+
+    dlq = [(dict(h), v) for t, v, h in sent.records if t == TOPICS.dlq]
+    assert [h["dlq_offset"] for h, _ in dlq] == [b"9", b"10"]
+    assert b"malformed JSON" in dlq[0][0]["dlq_reason"]
+    assert dlq[0][0]["dlq_topic"] == b"in"
+    assert dlq[0][0]["dlq_partition"] == b"3"
+    assert dlq[0][0]["dlq_consumer"] == b"sched"
+    assert dlq[0][1] == b"{bad"
+
+
+async def test_a_finished_execution_is_deleted_after_its_retention() -> None:
+    sched, table, sent, clock = shell()
+    req = request(flow(CALL_A), execution_id=uuid.uuid4())
+    await sched.apply(req)
+    ready = sent.events(TOPICS.steps_ready)[0]
+    assert isinstance(ready, ev.StepReady)
+    done = ev.StepSucceeded(
+        execution_id=req.execution_id, org_id=req.org_id, node_id="a", attempt=ready.attempt
+    )
+    await sched.apply(done)
+    key = str(req.execution_id)
+    assert codec.summary(table[key]).finished_at is not None
+
+    clock.now = T0 + timedelta(seconds=61)
+    assert await sched.fire_due() == 1
+    retention = sent.events(TOPICS.executions_commands)[-1]
+    assert isinstance(retention, ev.TimerFired)
+    assert retention.timer_id == RETENTION
+    await sched.apply(retention)
+
+    assert key not in table
