@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -10,7 +11,24 @@ from pathlib import Path
 
 def available() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in {"report"})
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in {"report", "__main__"})
+
+
+def use_local_stack() -> None:
+    """Point the benchmarks at the running local stack unless servers are configured."""
+    if os.environ.get("CADENZA_TEST_KAFKA") and os.environ.get("CADENZA_TEST_DATABASE_URL"):
+        return
+    from cadenza_devstack.stack import Stack
+
+    stack = Stack()
+    if not all(stack.status().values()):
+        raise SystemExit(
+            "start the local stack first (`make up`) or set CADENZA_TEST_KAFKA "
+            "and CADENZA_TEST_DATABASE_URL"
+        )
+    info = stack.info()
+    os.environ.setdefault("CADENZA_TEST_KAFKA", info.bootstrap_servers)
+    os.environ.setdefault("CADENZA_TEST_DATABASE_URL", info.database_url)
 
 
 def main(names: list[str]) -> int:
@@ -18,6 +36,7 @@ def main(names: list[str]) -> int:
         print("benchmarks:", ", ".join(available()) or "(none yet)")
         print("run: python -m bench NAME [NAME ...]  (each writes bench/results/NAME.json)")
         return 0
+    use_local_stack()
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         module.main()

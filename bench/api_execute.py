@@ -32,9 +32,12 @@ DURATION_S = float(os.environ.get("BENCH_DURATION_S", "15"))
 WARMUP_S = 3.0
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "32").split(",")]
 SPEC = {
-    "inputs": {"type": "object", "required": ["customer"],
-               "properties": {"customer": {"type": "string"}}},
-    "nodes": [{"id": "greet", "type": "transform", "expression": "{\"hello\": trigger.customer}"}],
+    "inputs": {
+        "type": "object",
+        "required": ["customer"],
+        "properties": {"customer": {"type": "string"}},
+    },
+    "nodes": [{"id": "greet", "type": "transform", "expression": '{"hello": trigger.customer}'}],
 }
 
 
@@ -74,8 +77,9 @@ def _request(port: int, slug: str, key: str) -> bytes:
     return head.encode() + body
 
 
-async def _worker(port: int, slug: str, key: str, until: float, latencies: list[float],
-                  statuses: dict[int, int]) -> None:
+async def _worker(
+    port: int, slug: str, key: str, until: float, latencies: list[float], statuses: dict[int, int]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < until:
@@ -94,14 +98,16 @@ async def _worker(port: int, slug: str, key: str, until: float, latencies: list[
         writer.close()
 
 
-async def _load(port: int, slug: str, key: str, concurrency: int, seconds: float
-                ) -> tuple[list[float], dict[int, int], float]:
+async def _load(
+    port: int, slug: str, key: str, concurrency: int, seconds: float
+) -> tuple[list[float], dict[int, int], float]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = time.perf_counter()
     until = started + seconds
-    await asyncio.gather(*[_worker(port, slug, key, until, latencies, statuses)
-                           for _ in range(concurrency)])
+    await asyncio.gather(
+        *[_worker(port, slug, key, until, latencies, statuses) for _ in range(concurrency)]
+    )
     return latencies, statuses, time.perf_counter() - started
 
 
@@ -138,9 +144,20 @@ async def _drain(url: str, timeout_s: float = 120) -> float:
 
 async def _run(env: dict[str, str], url: str, port: int) -> list[dict[str, Any]]:
     key = subprocess.run(
-        [sys.executable, "-m", "cadenza_trigger_api", "create-org", "bench",
-         "--executions-per-minute", "100000000"],
-        env=env, capture_output=True, text=True, check=True).stdout.strip()
+        [
+            sys.executable,
+            "-m",
+            "cadenza_trigger_api",
+            "create-org",
+            "bench",
+            "--executions-per-minute",
+            "100000000",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     proc = _start_server(env, port)
     rows: list[dict[str, Any]] = []
     try:
@@ -152,15 +169,20 @@ async def _run(env: dict[str, str], url: str, port: int) -> list[dict[str, Any]]
             backlog = await _unsent(url)
             drain_s = await _drain(url)
             ok = statuses.get(202, 0)
-            rows.append({
-                "concurrency": concurrency, "seconds": round(elapsed, 1),
-                "requests": len(latencies),
-                "accepted_202": ok, "errors": len(latencies) - ok,
-                "req_per_s": len(latencies) / elapsed,
-                "p50_ms": percentile(latencies, 50) * 1000,
-                "p99_ms": percentile(latencies, 99) * 1000,
-                "outbox_backlog_at_end": backlog, "outbox_drain_s": drain_s,
-            })
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "seconds": round(elapsed, 1),
+                    "requests": len(latencies),
+                    "accepted_202": ok,
+                    "errors": len(latencies) - ok,
+                    "req_per_s": len(latencies) / elapsed,
+                    "p50_ms": percentile(latencies, 50) * 1000,
+                    "p99_ms": percentile(latencies, 99) * 1000,
+                    "outbox_backlog_at_end": backlog,
+                    "outbox_drain_s": drain_s,
+                }
+            )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -182,20 +204,31 @@ def main() -> None:
             asyncio.run(ensure_topics(kafka))
         port = _free_port()
         env = {
-            **os.environ, "CADENZA_DATABASE_URL": url, "CADENZA_DATABASE_POOL_SIZE": "20",
+            **os.environ,
+            "CADENZA_DATABASE_URL": url,
+            "CADENZA_DATABASE_POOL_SIZE": "20",
             "CADENZA_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CADENZA_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "CADENZA_API_PORT": str(port), "CADENZA_API_KEY_CACHE_TTL_S": "5",
+            "CADENZA_API_PORT": str(port),
+            "CADENZA_API_KEY_CACHE_TTL_S": "5",
         }
         rows = asyncio.run(_run(env, url, port))
     finally:
         asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     without = bool(os.environ.get("BENCH_WITHOUT_KAFKA"))
-    report("api_execute_without_kafka" if without else "api_execute", rows, notes=(
-        "POST /api/workflows/bench/execute, fresh externalId per request, one uvicorn process "
-        + ("whose relay cannot reach Kafka (rows wait; diagnostic only)" if without
-           else "with the outbox relay publishing to Kafka")
-        + f"; {os.cpu_count()} cores shared with the load generator, Postgres and Kafka."))
+    report(
+        "api_execute_without_kafka" if without else "api_execute",
+        rows,
+        notes=(
+            "POST /api/workflows/bench/execute, fresh externalId per request, one uvicorn process "
+            + (
+                "whose relay cannot reach Kafka (rows wait; diagnostic only)"
+                if without
+                else "with the outbox relay publishing to Kafka"
+            )
+            + f"; {os.cpu_count()} cores shared with the load generator, Postgres and Kafka."
+        ),
+    )
 
 
 if __name__ == "__main__":
