@@ -11,7 +11,9 @@ from pathlib import Path
 
 def available() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in {"report", "__main__"})
+    return sorted(
+        m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in {"report", "__main__"}
+    )
 
 
 def use_local_stack() -> None:

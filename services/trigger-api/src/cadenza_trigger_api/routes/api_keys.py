@@ -16,7 +16,9 @@ from cadenza_trigger_api import audit
 from cadenza_trigger_api.auth import Role
 from cadenza_trigger_api.deps import Admin, Ctx, Cursor, Limit
 from cadenza_trigger_api.errors import NotFound
-from cadenza_trigger_api.pagination import parse_time_id_cursor, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.wire import CamelModel, Page
 
 router = APIRouter(prefix="/api/api-keys", tags=["api-keys"])
@@ -58,16 +60,10 @@ async def list_keys(ctx: Ctx, who: Admin, limit: Limit = None, cursor: Cursor = 
                     ) -> Page[KeyOut]:
     size = ctx.page_size(limit)
     query = sa.select(*PUBLIC).where(api_keys.c.org_id == who.org_id)
-    if cursor:
-        at, kid = parse_time_id_cursor(cursor)
-        query = query.where(sa.tuple_(api_keys.c.created_at, api_keys.c.id) < sa.tuple_(at, kid))
-    query = query.order_by(api_keys.c.created_at.desc(), api_keys.c.id.desc()).limit(size + 1)
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(
+            conn, query, api_keys.c.created_at, api_keys.c.id, cursor, size, parse_id=str
+        )
     return Page[KeyOut](items=[_out(r) for r in rows], next_cursor=nxt)
 
 

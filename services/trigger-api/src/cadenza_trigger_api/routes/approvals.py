@@ -23,7 +23,9 @@ from cadenza_trigger_api.context import AppContext
 from cadenza_trigger_api.deps import Ctx, Cursor, Limit, Reader
 from cadenza_trigger_api.errors import BadRequest, Conflict, Forbidden, Gone, InvalidState, NotFound
 from cadenza_trigger_api.outbox import outbox_row
-from cadenza_trigger_api.pagination import parse_time_id_cursor, parse_uuid, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.wire import CamelModel, Page
 
 router = APIRouter(prefix="/api/approvals", tags=["approvals"])
@@ -86,16 +88,8 @@ async def inbox(ctx: Ctx, who: Reader, limit: Limit = None, cursor: Cursor = Non
         sa.or_(t.c.approvers.has_any(mine),
                sa.and_(t.c.escalated_at.is_not(None), t.c.escalate_to.has_any(mine))),
     )
-    if cursor:
-        at, tid = parse_time_id_cursor(cursor)
-        query = query.where(sa.tuple_(t.c.created_at, t.c.id) < sa.tuple_(at, parse_uuid(tid)))
-    query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(size + 1)
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(conn, query, t.c.created_at, t.c.id, cursor, size)
     now = utcnow()
     return Page[InboxItem](items=[_item(ctx, who, r, now) for r in rows], next_cursor=nxt)
 

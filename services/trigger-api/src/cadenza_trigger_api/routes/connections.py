@@ -22,7 +22,9 @@ from cadenza_trigger_api import audit
 from cadenza_trigger_api.context import AppContext
 from cadenza_trigger_api.deps import Ctx, Cursor, Editor, Limit, Reader
 from cadenza_trigger_api.errors import Conflict, NotFound
-from cadenza_trigger_api.pagination import parse_time_id_cursor, parse_uuid, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.wire import CamelModel, Page
 
 router = APIRouter(prefix="/api/service-connections", tags=["service-connections"])
@@ -133,16 +135,8 @@ async def list_connections(ctx: Ctx, who: Reader, limit: Limit = None, cursor: C
     size = ctx.page_size(limit)
     c = service_connections
     query = sa.select(c).where(c.c.org_id == who.org_id)
-    if cursor:
-        at, cid = parse_time_id_cursor(cursor)
-        query = query.where(sa.tuple_(c.c.created_at, c.c.id) < sa.tuple_(at, parse_uuid(cid)))
-    query = query.order_by(c.c.created_at.desc(), c.c.id.desc()).limit(size + 1)
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(conn, query, c.c.created_at, c.c.id, cursor, size)
     return Page[ConnectionOut](items=[to_out(r) for r in rows], next_cursor=nxt)
 
 

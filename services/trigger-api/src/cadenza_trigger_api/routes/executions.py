@@ -26,7 +26,9 @@ from cadenza_trigger_api import audit
 from cadenza_trigger_api.deps import Approver, Ctx, Cursor, Executor, Limit, Reader
 from cadenza_trigger_api.errors import InvalidState, NotFound
 from cadenza_trigger_api.outbox import outbox_row
-from cadenza_trigger_api.pagination import parse_time_id_cursor, parse_uuid, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.routes.workflows import find as find_workflow
 from cadenza_trigger_api.wire import CamelModel, Page
 
@@ -141,15 +143,7 @@ async def list_executions(
             query = query.where(until > _at)
         if external_id is not None:
             query = query.where(_external_id == external_id)
-        if cursor:
-            at, eid = parse_time_id_cursor(cursor)
-            query = query.where(sa.tuple_(_at, _exec_id) < sa.tuple_(at, parse_uuid(eid)))
-        query = query.order_by(_at.desc(), _exec_id.desc()).limit(size + 1)
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(conn, query, _at, _exec_id, cursor, size)
     return Page[ExecutionOut](items=[_out(r) for r in rows], next_cursor=nxt)
 
 

@@ -17,7 +17,9 @@ from cadenza_common.webhook_signing import generate_secret
 from cadenza_trigger_api import audit
 from cadenza_trigger_api.deps import Ctx, Cursor, Editor, Limit, Reader
 from cadenza_trigger_api.errors import NotFound
-from cadenza_trigger_api.pagination import parse_time_id_cursor, parse_uuid, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.wire import CamelModel, Page
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
@@ -54,16 +56,8 @@ async def list_webhooks(ctx: Ctx, who: Reader, limit: Limit = None, cursor: Curs
     size = ctx.page_size(limit)
     w = webhook_subscriptions
     query = sa.select(w).where(w.c.org_id == who.org_id, w.c.deleted_at.is_(None))
-    if cursor:
-        at, wid = parse_time_id_cursor(cursor)
-        query = query.where(sa.tuple_(w.c.created_at, w.c.id) < sa.tuple_(at, parse_uuid(wid)))
-    query = query.order_by(w.c.created_at.desc(), w.c.id.desc()).limit(size + 1)
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(conn, query, w.c.created_at, w.c.id, cursor, size)
     return Page[WebhookOut](items=[_out(r) for r in rows], next_cursor=nxt)
 
 

@@ -23,7 +23,9 @@ from cadenza_trigger_api.auth import Principal
 from cadenza_trigger_api.context import AppContext
 from cadenza_trigger_api.deps import Ctx, Cursor, Editor, Limit, Reader
 from cadenza_trigger_api.errors import BadRequest, Conflict, InvalidState, NotFound
-from cadenza_trigger_api.pagination import parse_time_id_cursor, parse_uuid, time_id_cursor
+from cadenza_trigger_api.pagination import (
+    fetch_page,
+)
 from cadenza_trigger_api.spec import check_publishable
 from cadenza_trigger_api.wire import CamelModel, Page, decode_cursor, encode_cursor
 
@@ -123,18 +125,10 @@ async def list_workflows(
     query = sa.select(workflows).where(workflows.c.org_id == who.org_id)
     if status is not None:
         query = query.where(workflows.c.status == status.value)
-    if cursor:
-        at, wid = parse_time_id_cursor(cursor)
-        query = query.where(
-            sa.tuple_(workflows.c.created_at, workflows.c.id) < sa.tuple_(at, parse_uuid(wid))
-        )
-    query = query.order_by(workflows.c.created_at.desc(), workflows.c.id.desc()).limit(size + 1)
     async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    nxt = None
-    if len(rows) > size:
-        rows = rows[:size]
-        nxt = time_id_cursor(rows[-1].created_at, rows[-1].id)
+        rows, nxt = await fetch_page(
+            conn, query, workflows.c.created_at, workflows.c.id, cursor, size
+        )
     return Page[WorkflowOut](items=[to_out(r) for r in rows], next_cursor=nxt)
 
 

@@ -1,0 +1,1 @@
+"""Marks the approvals service directory as the root of its test package (unique conftest names)."""
