@@ -45,7 +45,7 @@ def own_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _cli(directory, "down")
     pg_home = Stack(directory).postgres.data_dir.parent
     if not pg_home.is_relative_to(directory):  # the /var/tmp fallback: leave nothing behind
-        shutil.rmtree(pg_home, ignore_errors=True)
+        shutil.rmtree(pg_home.parent, ignore_errors=True)
 
 
 async def _probe(stack: Stack) -> None:
