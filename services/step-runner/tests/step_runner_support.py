@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -16,6 +17,8 @@ from cadenza_common.crypto import SecretBox
 from cadenza_common.db import tables
 from cadenza_common.events import Event, StepReady
 from cadenza_common.settings import DatabaseSettings, KafkaSettings, SecuritySettings
+from cadenza_common.testing import serving
+from cadenza_step_runner.app import serve
 from cadenza_step_runner.blobs import BlobStore
 from cadenza_step_runner.calls import HttpCaller
 from cadenza_step_runner.connections import ConnectionRepository
@@ -138,3 +141,10 @@ async def read_events(
 
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@asynccontextmanager
+async def running(settings: Settings, refs: RefSource | None = None) -> AsyncIterator[None]:
+    """The runner in this process, stopped (gracefully) when the block ends."""
+    async with serving(lambda stop: serve(settings, stop, refs)):
+        yield

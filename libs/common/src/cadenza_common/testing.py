@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,3 +107,17 @@ def sample_events(exec_id: uuid.UUID | None = None) -> list[ev.Event]:
         ),
     ]
     return samples
+
+
+@asynccontextmanager
+async def serving(
+    serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]], timeout: float = 30.0
+) -> AsyncIterator[None]:
+    """Run a service's `serve(stop)` in this process; stop it gracefully when the block ends."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=timeout)

@@ -20,18 +20,14 @@ from cadenza_audit_sink.settings import Settings
 from cadenza_common import events as ev
 from cadenza_common.kafka import encode, producer
 from cadenza_common.settings import KafkaSettings
+from cadenza_common.testing import serving
 
 
 @asynccontextmanager
 async def running_sink(settings: Settings) -> AsyncIterator[None]:
     """The sink in this process, stopped (gracefully) when the block ends."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop))
-    try:
+    async with serving(lambda stop: serve(settings, stop)):
         yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 def sink_environment(settings: Settings, database_url: str | None = None) -> dict[str, str]:

@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 from step_runner_stub import StubServer
-from step_runner_support import TRACEPARENT, add_connection, make_settings, publish, read_events
+from step_runner_support import (
+    TRACEPARENT,
+    add_connection,
+    make_settings,
+    publish,
+    read_events,
+    running,
+)
 from step_runner_support import ready as make_ready
 
 from cadenza_common import kafka
 from cadenza_common.events import StepSucceeded, Topics
 from cadenza_common.settings import KafkaSettings
-from cadenza_step_runner.app import serve
 from cadenza_step_runner.refs import RefSource
-from cadenza_step_runner.settings import Settings, WebhookSettings
+from cadenza_step_runner.settings import WebhookSettings
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running(settings: Settings, refs: RefSource | None = None) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, refs))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def committed(settings: KafkaSettings, group: str, topic: str) -> dict[int, int]:

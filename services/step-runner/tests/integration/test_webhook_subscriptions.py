@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import orjson
 import pytest
@@ -14,28 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 from step_runner_stub import StubServer
-from step_runner_support import BOX_SETTINGS, make_settings, publish
+from step_runner_support import BOX_SETTINGS, make_settings, publish, running
 
 from cadenza_common import events as ev
 from cadenza_common.crypto import SecretBox
 from cadenza_common.db import tables
 from cadenza_common.settings import KafkaSettings
 from cadenza_common.webhook_signing import generate_secret
-from cadenza_step_runner.app import serve
 from cadenza_step_runner.settings import Settings, WebhookSettings
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
 
 
 async def subscribe(
