@@ -53,13 +53,13 @@ from cadenza_common.settings import DatabaseSettings, KafkaSettings
 from cadenza_devstack.demo_setup import auth, create_org, expect
 from cadenza_devstack.pytest_plugin import delete_prefixed_topics
 from cadenza_devstack.stack import Stack, StackInfo
-from cadenza_devstack.state import free_port
 from cadenza_devstack.supervisor import (
     Child,
     ServiceSpec,
     Topology,
     isolated_env,
     running,
+    service_port,
     service_specs,
     wait_ready,
 )
@@ -306,7 +306,8 @@ async def one(n: int, stack: Stack, base: StackInfo) -> list[dict[str, Any]]:
     await _admin(base.database_url, f'CREATE DATABASE "{name}"')
     await asyncio.to_thread(upgrade, db_url)
     await ensure_topics(kafka)
-    api_port, demo_port = free_port(), free_port()
+    taken: set[int] = set()
+    api_port, demo_port = service_port(taken), service_port(taken)
     info = StackInfo(base.bootstrap_servers, db_url)
     try:
         with tempfile.TemporaryDirectory() as tmp:

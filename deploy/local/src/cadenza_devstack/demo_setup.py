@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from cadenza_common.workflow import load_workflow_text
-from cadenza_devstack.state import REPO_ROOT, free_port, port_open
+from cadenza_devstack.state import REPO_ROOT, port_open
+from cadenza_devstack.supervisor import service_port
 
 ONBOARDING = REPO_ROOT / "examples" / "onboarding.yaml"
 CONNECTIONS = ("kyc-provider", "aml-screening", "crm")
@@ -51,10 +52,13 @@ class DemoState:
 
     def choose_ports(self) -> None:
         """Keep last run's ports when they are free, else take new ones."""
+        taken: set[int] = set()
         for name in ("api_port", "demo_port"):
             port = getattr(self, name)
-            if not port or port_open(port):
-                setattr(self, name, free_port())
+            if not port or port in taken or port_open(port):
+                port = service_port(taken)
+            taken.add(port)
+            setattr(self, name, port)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -63,6 +65,24 @@ class Topology:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def service_port(taken: set[int] | None = None) -> int:
+    """A free port below the kernel's ephemeral range (32768+ on Linux), so an outgoing
+    connection cannot take it between now and the service's bind; never one in `taken`."""
+    taken = taken if taken is not None else set()
+    for _ in range(200):
+        port = random.randint(20_000, 32_000)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    return free_port()
+
+
 def _numbered(name: str, index: int, count: int) -> str:
     return name if count == 1 else f"{name}-{index + 1}"
 
@@ -70,11 +90,12 @@ def _numbered(name: str, index: int, count: int) -> str:
 def service_specs(topology: Topology, api_port: int, state_dir: Path) -> list[ServiceSpec]:
     """The five services on free loopback ports (the API on `api_port`)."""
     api = f"http://127.0.0.1:{api_port}"
+    taken = {api_port}
     specs = [ServiceSpec("trigger-api", "cadenza_trigger_api", env={
         "CADENZA_API_PORT": str(api_port), "CADENZA_API_PUBLIC_BASE_URL": api,
         **topology.api_env}, ready_url=f"{api}/readyz")]
     for i in range(topology.schedulers):
-        port = free_port()
+        port = service_port(taken)
         specs.append(ServiceSpec(_numbered("scheduler", i, topology.schedulers),
                                  "cadenza_scheduler", env={
             "CADENZA_SCHEDULER_WEB_PORT": str(port),
@@ -82,12 +103,12 @@ def service_specs(topology: Topology, api_port: int, state_dir: Path) -> list[Se
             "CADENZA_SCHEDULER_LOG_LEVEL": "warning",
         }, ready_url=f"http://127.0.0.1:{port}/health/ready"))
     for i in range(topology.runners):
-        port = free_port()
+        port = service_port(taken)
         specs.append(ServiceSpec(_numbered("step-runner", i, topology.runners),
                                  "cadenza_step_runner",
                                  env={"CADENZA_METRICS_PORT": str(port), **topology.runner_env},
                                  ready_url=f"http://127.0.0.1:{port}/metrics"))
-    approvals, sink = free_port(), free_port()
+    approvals, sink = service_port(taken), service_port(taken)
     specs.append(ServiceSpec("approvals", "cadenza_approvals",
                              env={"CADENZA_APPROVALS_PORT": str(approvals)},
                              ready_url=f"http://127.0.0.1:{approvals}/readyz"))
