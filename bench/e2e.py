@@ -6,7 +6,8 @@ processes (`cadenza_devstack.supervisor`) on a fresh database and topic prefix o
 stack; an open-loop generator sends `POST /api/workflows/bench-e2e/execute` at a fixed rate
 over keep-alive connections for `BENCH_E2E_SECONDS`.
 
-Per topology, after a warm-up (60 executions at 20/s), two phases:
+Per topology, after a warm-up (60 executions at 20/s) and 10 s without load (the idle row:
+what the processes cost doing nothing), two phases:
 - saturation: `BENCH_E2E_BURST` executions (default 600) offered at `BENCH_E2E_RATE`
   (default 200/s, the target); executions/s = executions that reached `succeeded` in the
   read model divided by the time from the first request to the last success;
@@ -55,6 +56,7 @@ from cadenza_devstack.pytest_plugin import delete_prefixed_topics
 from cadenza_devstack.stack import Stack, StackInfo
 from cadenza_devstack.supervisor import (
     Child,
+    ServiceFailed,
     ServiceSpec,
     Topology,
     isolated_env,
@@ -72,6 +74,7 @@ TOPOLOGIES = [int(n) for n in os.environ.get("BENCH_E2E_TOPOLOGIES", "1,2,4").sp
 PROFILE = os.environ.get("BENCH_E2E_PROFILE") == "1"
 CONNECTIONS = 32
 POLL_S = 0.02
+IDLE_S = 10.0
 DRAIN_S = float(os.environ.get("BENCH_E2E_DRAIN_S", "120"))
 NODES = ("verify", "screen", "upsert")
 SPEC: dict[str, Any] = {
@@ -330,6 +333,9 @@ async def _measure(n: int, children: list[Child], key: str, api_port: int,
                    kafka: KafkaSettings, dsn: str, stack: Stack, workdir: Path
                    ) -> list[dict[str, Any]]:
     await _phase(children, key, api_port, kafka, dsn, stack, 20, 3)  # warm-up
+    idle = Usage({c.name: c.process.pid for c in children} | infrastructure_pids(stack))
+    await asyncio.sleep(IDLE_S)
+    idle.sample()
     spies = _profile(children, workdir, 30) if n == TOPOLOGIES[0] else []
     burst, usage = await _phase(children, key, api_port, kafka, dsn, stack, RATE, BURST / RATE)
     for spy in spies:
@@ -337,7 +343,8 @@ async def _measure(n: int, children: list[Child], key: str, api_port: int,
     capacity = burst.executions_per_s
     paced, paced_usage = await _phase(children, key, api_port, kafka, dsn, stack,
                                       max(1.0, round(PACE * capacity, 1)), SECONDS)
-    return [_row(n, f"saturation ({RATE:.0f}/s offered)", burst, usage),
+    return [_row(n, f"idle {IDLE_S:.0f} s", Phase(Samples(), 0.0, 0.0), idle.summary()),
+            _row(n, f"saturation ({RATE:.0f}/s offered)", burst, usage),
             _row(n, f"paced at {PACE:.0%} of it", paced, paced_usage)]
 
 
@@ -351,6 +358,8 @@ class Phase:
 
     @property
     def executions_per_s(self) -> float:
+        if not self.samples.done:
+            return 0.0
         last = max(self.samples.done.values(), default=self.started)
         return len(self.samples.done) / max(last - self.started, 1e-9)
 
@@ -421,7 +430,14 @@ def main() -> None:
     for n in TOPOLOGIES:
         print(f"e2e: {n} scheduler(s) and runner(s), {RATE:.0f}/s for {SECONDS:.0f} s ...",
               file=sys.stderr, flush=True)
-        rows += asyncio.run(one(n, stack, StackInfo(bootstrap, database)))
+        for attempt in (1, 2):  # a service dying at start (a port race) gets one retry
+            try:
+                rows += asyncio.run(one(n, stack, StackInfo(bootstrap, database)))
+                break
+            except ServiceFailed as exc:
+                print(f"e2e: {exc}", file=sys.stderr, flush=True)
+                if attempt == 2:
+                    raise
     load = os.getloadavg()
     report("e2e", rows, notes=(
         f"3-step service_call workflow against the demo service (instant); open-loop "
