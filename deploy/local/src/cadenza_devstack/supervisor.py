@@ -124,7 +124,13 @@ def _open_log(log_dir: Path, name: str) -> IO[bytes]:
     return (log_dir / f"{name}.log").open("ab")
 
 
-async def start(spec: ServiceSpec, base_env: dict[str, str], log_dir: Path | None) -> Child:
+async def start(name: str, env: dict[str, str]) -> Child:
+    """Start one of the five services by name with exactly `env` (output piped)."""
+    return await start_spec(ServiceSpec(name, module_of(name)), env, None)
+
+
+async def start_spec(spec: ServiceSpec, base_env: dict[str, str], log_dir: Path | None
+                     ) -> Child:
     """Start one service; its output is piped (to be prefixed) or written to `log_dir`."""
     log = _open_log(log_dir, spec.name) if log_dir is not None else None
     process = await asyncio.create_subprocess_exec(
@@ -201,7 +207,7 @@ async def running(
     pumps: list[asyncio.Task[None]] = []
     try:
         for i, spec in enumerate(specs):
-            child = await start(spec, env, log_dir)
+            child = await start_spec(spec, env, log_dir)
             children.append(child)
             if log_dir is None:
                 pumps.append(asyncio.create_task(pump(child, COLORS[i % len(COLORS)])))
@@ -233,3 +239,16 @@ def isolated_env(topic_prefix: str) -> dict[str, str]:
         "CADENZA_APPROVALS_GROUP_ID": f"{topic_prefix}approvals",
         "CADENZA_AUDIT_SINK_GROUP_ID": f"{topic_prefix}audit-sink",
     }
+
+
+async def supervise(info: StackInfo, services: tuple[str, ...] = SERVICES) -> None:
+    """Run the named services against `info` with prefixed logs until SIGINT/SIGTERM."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    specs = [ServiceSpec(name, module_of(name)) for name in services]
+    async with running(info, specs):
+        print("Cadenza is running; press Ctrl-C to stop.", flush=True)
+        await stopping.wait()
+        print("\nstopping services ...", flush=True)
