@@ -32,7 +32,6 @@ class DemoState:
 
     api_port: int = 0
     demo_port: int = 0
-    org_id: str = ""
     admin_key: str = ""
     approver_key: str = ""
 
@@ -95,17 +94,21 @@ async def create_org(env: dict[str, str], name: str, per_minute: int | None = No
 async def ensure_keys(api: httpx.AsyncClient, state: DemoState, env: dict[str, str]) -> bool:
     """Reuse the stored keys when the API still knows them, else create the org and keys.
 
-    Returns True when new ones were created.
+    Returns True when a new org was created.
     """
-    if state.admin_key:
-        response = await api.get("/api/api-keys", headers=auth(state.admin_key))
-        if response.status_code == 200 and state.approver_key:
-            return False
-    state.admin_key = await create_org(env, "Cadenza demo")
-    created = expect(await api.post("/api/api-keys", headers=auth(state.admin_key),
-                                    json={"name": "demo-approver", "role": "approver"}), 201)
-    state.approver_key = created["key"]
-    return True
+    created_org = False
+    if not state.admin_key or (
+        await api.get("/api/api-keys", headers=auth(state.admin_key))
+    ).status_code != 200:
+        state.admin_key = await create_org(env, "Cadenza demo")
+        state.approver_key, created_org = "", True
+    if not state.approver_key or (
+        await api.get("/api/approvals", headers=auth(state.approver_key))
+    ).status_code != 200:
+        created = expect(await api.post("/api/api-keys", headers=auth(state.admin_key),
+                                        json={"name": "demo-approver", "role": "approver"}), 201)
+        state.approver_key = created["key"]
+    return created_org
 
 
 async def ensure_connections(api: httpx.AsyncClient, key: str, demo_url: str) -> None:
