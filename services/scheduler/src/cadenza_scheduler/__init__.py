@@ -28,16 +28,22 @@ Guarantees we rely on, and why they hold:
   whose handling raised go to the DLQ with the `dlq_*` headers of `DeadLetters`. Sends
   are retried with backoff before a record is given up to the DLQ.
 
-No lost emits across a crash (the outbox). For each record that changes something:
-  1. `table[key] = {state: new, outbox: emits}` (one changelog record);
-  2. send every emit and wait for the broker's acknowledgements;
-  3. `table[key] = {state: new, outbox: []}`.
-A crash between 1 and 3 leaves the outbox in the changelog. On partition assignment,
+No lost emits across a crash (the outbox). The agent takes records in batches
+(`stream.take_events`, which acks a batch only after the loop body handled it) and, for
+each batch:
+  1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
+     outbox accumulates when a batch holds several records of one execution);
+  2. wait until those changelog writes are on the broker (one round trip per batch);
+  3. send every emit, in order, and wait for the broker's acknowledgements;
+  4. `table[key] = {state: new, outbox: []}`.
+The table's changelog partition is computed from the key (`partition_of`), not from
+Faust's "current event", because a batch mixes partitions.
+A crash between 1 and 4 leaves the outbox in the changelog. On partition assignment,
 after recovery, the shell resends every non-empty outbox of the partitions it owns
 (remembering which keys it resent), and the next record for such a key resends it
 again unless that was already done, then clears it. The re-delivered input itself is a
-duplicate for decide() (state already advanced) and emits nothing. Step 1 is awaited
-on the broker before step 2 starts, so no emit can exist without the state that made it.
+duplicate for decide() (state already advanced) and emits nothing. Step 2 comes
+before step 3, so no emit can exist without the state that made it.
 decide() is deterministic in ids (event ids derive from the execution id and a counter),
 so re-sent events carry the same event ids and seq as the first ones — consumers dedupe
 by event id. Duplicated StepReady are harmless (the runner sends

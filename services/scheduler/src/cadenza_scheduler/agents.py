@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -41,6 +42,31 @@ Durable = Callable[[str], Awaitable[None]]
 
 async def _already_durable(key: str) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input record as the agent took it from Kafka."""
+
+    value: bytes | None
+    headers: Headers | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Batch:
+    """What a batch of records changed: emits to send, in order, and the keys to clear."""
+
+    outgoing: list[Event] = field(default_factory=list)
+    outboxes: dict[str, list[Event]] = field(default_factory=dict)
+    states: dict[str, tuple[ExecutionState | None, bytes]] = field(default_factory=dict)
+
+    def queue(self, key: str, events: Sequence[Event]) -> None:
+        self.outboxes.setdefault(key, []).extend(events)
+        self.outgoing.extend(events)
 
 
 class Table(Protocol):
@@ -108,51 +134,86 @@ class Shell:
         partition: int,
         offset: int,
     ) -> None:
-        """Handle one record; never raises (a failing record goes to the DLQ with the reason)."""
-        try:
-            event = decode(value, headers)
-            if not isinstance(event, ExecutionEvent):
-                raise PoisonRecord(f"{event.CE_TYPE} is not an execution event")
-        except PoisonRecord as exc:
-            await self._dead_letter(value, headers, key, topic, partition, offset, str(exc))
-            return
-        try:
-            await self.apply(event)
-            self.metrics.events.labels(event.CE_TYPE).inc()
-        except Exception as exc:
-            log.exception("record not handled", extra={"topic": topic, "offset": offset})
-            reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
-            await self._dead_letter(value, headers, key, topic, partition, offset, reason)
+        """Handle one record (a batch of one); never raises."""
+        await self.on_records([Record(value, headers, key, topic, partition, offset)])
+
+    async def on_records(self, records: Sequence[Record]) -> None:
+        """Handle a batch of records in order; never raises.
+
+        A record that cannot be decoded or handled goes to the DLQ with the reason and the
+        batch goes on. The changes of the whole batch are made durable together, then what
+        they emitted is sent together: one round trip per batch instead of two per record.
+        """
+        batch = Batch()
+        for record in records:
+            try:
+                event = decode(record.value, record.headers)
+                if not isinstance(event, ExecutionEvent):
+                    raise PoisonRecord(f"{event.CE_TYPE} is not an execution event")
+            except PoisonRecord as exc:
+                await self._dead_letter(record, str(exc))
+                continue
+            try:
+                self._apply_one(batch, event)
+                self.metrics.events.labels(event.CE_TYPE).inc()
+            except Exception as exc:
+                log.exception("record not handled", extra={"topic": record.topic})
+                reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
+                await self._dead_letter(record, reason)
+        await self._flush(batch)
 
     async def apply(self, event: ExecutionEvent) -> None:
-        """Load the execution, resend a leftover outbox, decide, save, send, clear the outbox."""
+        """Apply one event as a batch of one (raises what decide() raises)."""
+        batch = Batch()
+        self._apply_one(batch, event)
+        await self._flush(batch)
+
+    def _apply_one(self, batch: Batch, event: ExecutionEvent) -> None:
+        """Load the execution, queue a leftover outbox, decide, save with the outbox."""
         key = str(event.execution_id)
         stored = self.cache.load(key, self.table.get(key))
-        if stored.outbox and key not in self.resent:
-            await self.send_events(stored.outbox)
-        self.resent.discard(key)
+        if key not in batch.outboxes:
+            if stored.outbox and key not in self.resent:
+                batch.queue(key, stored.outbox)  # left by a crash before its sends
+            elif stored.outbox:
+                batch.outboxes[key] = []  # resent at recovery; cleared below
         if isinstance(event, TimerFired) and event.timer_id == RETENTION:
             self._expire(key, stored.state)
+            batch.outboxes.pop(key, None)
             return
         now = self.clock()
         started = time.perf_counter()
         decision = decide(stored.state, event, now)
         self.metrics.decide_seconds.observe(time.perf_counter() - started)
         if decision.state is stored.state and not decision.emits:
-            if stored.outbox:
-                self._save(key, Stored(stored.state), codec.state_json(stored.state))
             return
+        batch.queue(key, decision.emits)
         state_bytes = codec.state_json(decision.state)
-        self._save(key, Stored(decision.state, list(decision.emits)), state_bytes)
-        # The new state (with its outbox) must be on the broker before anything it caused is:
-        # otherwise a crash could restore the old state while a runner already answers a
-        # StepReady of the new one, and decide() would drop that answer as unknown.
-        await self._durable(key)
-        await self.send_events(decision.emits)
-        self._save(key, Stored(decision.state), state_bytes)
-        self._track(key, decision.state)
+        batch.states[key] = (decision.state, state_bytes)
+        self._save(key, Stored(decision.state, list(batch.outboxes[key])), state_bytes)
         for emitted in decision.emits:
             self.metrics.transitions.labels(emitted.CE_TYPE).inc()
+
+    async def _flush(self, batch: Batch) -> None:
+        """Wait until the batch's table writes are durable, send its emits, clear outboxes.
+
+        The new states (with their outboxes) must be on the broker before anything they
+        caused is: otherwise a crash could restore an old state while a runner already
+        answers a StepReady of the new one, and decide() would drop that answer as unknown.
+        """
+        if not batch.outboxes:
+            return
+        await asyncio.gather(*(self._durable(key) for key in batch.outboxes))
+        await self.send_events(batch.outgoing)
+        for key in batch.outboxes:
+            self.resent.discard(key)
+            if key in batch.states:
+                state, state_bytes = batch.states[key]
+            else:
+                state = self.cache.load(key, self.table.get(key)).state
+                state_bytes = codec.state_json(state)
+            self._save(key, Stored(state), state_bytes)
+            self._track(key, state)
 
     def _save(self, key: str, stored: Stored, state_bytes: bytes) -> None:
         if stored.state is None and not stored.outbox:
@@ -208,34 +269,25 @@ class Shell:
                 log.warning("send failed, retrying", exc_info=True)
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
 
-    async def _dead_letter(
-        self,
-        value: bytes | None,
-        headers: Headers | None,
-        key: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        reason: str,
-    ) -> None:
+    async def _dead_letter(self, record: Record, reason: str) -> None:
         """Publish the record unchanged to the DLQ with the `dlq_*` headers of DeadLetters."""
         self.metrics.events.labels("dlq").inc()
-        log.warning("record sent to dlq", extra={"topic": topic, "reason": reason})
-        out = [(k, v) for k, v in (headers or ()) if not k.startswith("dlq_")]
+        log.warning("record sent to dlq", extra={"topic": record.topic, "reason": reason})
+        out = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
         out += [
             ("dlq_reason", reason[:4000].encode()),
-            ("dlq_topic", topic.encode()),
-            ("dlq_partition", str(partition).encode()),
-            ("dlq_offset", str(offset).encode()),
+            ("dlq_topic", record.topic.encode()),
+            ("dlq_partition", str(record.partition).encode()),
+            ("dlq_offset", str(record.offset).encode()),
             ("dlq_consumer", self.consumer_name.encode()),
         ]
         for attempt in range(1, self.send_attempts + 1):
             try:
-                await (await self._send(self.topics.dlq, key, value, out))
+                await (await self._send(self.topics.dlq, record.key, record.value, out))
                 return
             except Exception:
                 if attempt == self.send_attempts:
-                    log.exception("dlq send failed; record dropped", extra={"topic": topic})
+                    log.exception("dlq send failed; record dropped", extra={"topic": record.topic})
                     return
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
 
@@ -313,4 +365,4 @@ def _retention_timer(state: ExecutionState, now: datetime) -> TimerFired:
     )
 
 
-__all__ = ["Durable", "Shell", "partition_of"]
+__all__ = ["Batch", "Durable", "Record", "Shell", "partition_of"]

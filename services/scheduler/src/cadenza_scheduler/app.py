@@ -19,7 +19,7 @@ from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
-from cadenza_scheduler.agents import Headers, Shell
+from cadenza_scheduler.agents import Headers, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.settings import Settings
 
@@ -37,6 +37,11 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_write: dict[Any, Any] = {}
+
+    def partition_for_key(self, key: Any) -> int:
+        # The partition of the execution's input records (same key, same partitioner), not
+        # Faust's "current event": the agent takes records in batches across partitions.
+        return partition_of(str(key), self.partitions or 1)
 
     def on_key_set(self, key: Any, value: Any) -> None:
         fut = self.send_changelog(self.partition_for_key(key), key, value)
@@ -128,15 +133,20 @@ def create_app(settings: Settings) -> Scheduler:
 
     @app.agent(inputs, concurrency=1)
     async def schedule(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            await shell.on_record(
-                event.value,
-                message.headers,
-                key=event.key,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
+        # take_events acks a batch only after this loop body handled it (see the docstring).
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await shell.on_records(
+                [
+                    Record(
+                        event.value,
+                        event.message.headers,
+                        event.key,
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                    )
+                    for event in events
+                ]
             )
 
     _on_rebalance(app, table, shell, topics, ready)

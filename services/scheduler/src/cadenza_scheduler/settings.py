@@ -13,7 +13,9 @@ class Settings(BaseSettings):
 
     `store` is `memory://` (state rebuilt from the changelog on every start) or
     `rocksdb://` / `rocksdict://` when that extra is installed. `retention_s` is how long a
-    finished execution stays in the table before it is deleted (tombstoned).
+    finished execution stays in the table before it is deleted (tombstoned). The agent takes up
+to `batch_max` records, waiting at most `batch_within_s` for more, and makes their changes
+durable and sends their emits together.
     """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")
@@ -30,4 +32,6 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, ge=6.0)
     rebalance_timeout_s: float = Field(default=60.0, ge=1.0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    batch_max: int = Field(default=500, ge=1)
+    batch_within_s: float = Field(default=0.005, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
