@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cadenza_common.settings import KafkaSettings
@@ -11,11 +11,14 @@ from cadenza_common.settings import KafkaSettings
 class Settings(BaseSettings):
     """The Faust app id (also its consumer group and changelog prefix), store and web port.
 
-    `store` is `memory://` (state rebuilt from the changelog on every start) or
-    `rocksdb://` / `rocksdict://` when that extra is installed. `retention_s` is how long a
-    finished execution stays in the table before it is deleted (tombstoned). The agent takes up
-to `batch_max` records, waiting at most `batch_within_s` for more, and makes their changes
-durable and sends their emits together.
+    `store` is `memory://`: the state is rebuilt from the (compacted) changelog on every start
+    and rebalance. Faust's `rocksdb://` store is not offered: it files each write under the
+    partition of Faust's "current event", which is wrong when the agent handles a batch of
+    records from several partitions (tried: it asserts on the first write).
+
+    `retention_s` is how long a finished execution stays in the table before it is deleted
+    (tombstoned). The agent takes up to `batch_max` records, waiting at most `batch_within_s`
+    for more, and makes their changes durable and sends their emits together.
     """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")
@@ -35,3 +38,13 @@ durable and sends their emits together.
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.005, gt=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @field_validator("store")
+    @classmethod
+    def _memory_only(cls, value: str) -> str:
+        if value != "memory://":
+            raise ValueError(
+                f"store {value!r} is not supported: the scheduler keeps its table in "
+                "`memory://` and rebuilds it from the changelog (see the settings docstring)"
+            )
+        return value

@@ -183,3 +183,14 @@ async def test_a_finished_execution_is_deleted_after_its_retention() -> None:
     await sched.apply(retention)
 
     assert key not in table
+
+
+def test_a_store_other_than_memory_is_refused_with_the_reason() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from cadenza_scheduler.settings import Settings
+
+    with pytest.raises(ValidationError, match="is not supported"):
+        Settings(store="rocksdb://")
+    assert Settings().store == "memory://"
