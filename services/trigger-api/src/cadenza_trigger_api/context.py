@@ -52,7 +52,7 @@ class AppContext:
         return f"org:{org_id}"
 
 
-def get_context(request: Request) -> AppContext:
-    """FastAPI dependency: the app's context."""
+async def get_context(request: Request) -> AppContext:
+    """FastAPI dependency: the app's context (async: a plain `def` would run in a worker thread)."""
     ctx: AppContext = request.app.state.ctx
     return ctx
