@@ -203,8 +203,22 @@ class Shell:
         """
         if not batch.outboxes:
             return
-        await asyncio.gather(*(self._durable(key) for key in batch.outboxes))
-        await self.send_events(batch.outgoing)
+        failures = 0
+        while True:
+            try:
+                await asyncio.gather(*(self._durable(key) for key in batch.outboxes))
+                await self.send_events(batch.outgoing)
+                break
+            except Exception:
+                # Nothing of the batch may be acked (so committed) before its states and emits
+                # are on the broker: keep trying while Kafka is unreachable.
+                failures += 1
+                log.error("batch not flushed (attempt %d), retrying", failures, exc_info=True)
+                await asyncio.sleep(min(0.5 * failures, 5.0))
+                for key in batch.outboxes:  # write again: the failed write's future is spent
+                    raw = self.table.get(key)
+                    if raw is not None:
+                        self.table[key] = raw
         for key in batch.outboxes:
             self.resent.discard(key)
             if key in batch.states:

@@ -194,3 +194,22 @@ def test_a_store_other_than_memory_is_refused_with_the_reason() -> None:
     with pytest.raises(ValidationError, match="is not supported"):
         Settings(store="rocksdb://")
     assert Settings().store == "memory://"
+
+
+async def test_a_batch_whose_state_write_failed_is_written_again_before_its_emits_go_out() -> None:
+    sched, table, sent, _ = shell()
+    calls: list[int] = []
+
+    async def flaky_durable(key: str) -> None:
+        calls.append(len(sent.records))
+        if len(calls) == 1:
+            raise ConnectionError("broker unreachable")
+
+    sched._durable = flaky_durable
+    req = request(flow(CALL_A))
+
+    await sched.apply(req)
+
+    assert calls == [0, 0]  # nothing was sent until the second, successful write
+    assert sent.events(TOPICS.steps_ready)
+    assert codec.load(table[str(req.execution_id)]).outbox == []
