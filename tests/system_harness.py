@@ -160,6 +160,17 @@ class Api:
         steps[] of an ended execution are final)."""
         return self.wait_status(execution_id, TERMINAL, timeout)
 
+    def wait_for_step(self, execution_id: str, node_id: str, status: str,
+                      timeout: float = 60.0) -> dict[str, Any]:
+        """Poll until the execution's step `node_id` has `status`; return the step."""
+
+        def reached() -> dict[str, Any] | None:
+            steps = self.execution(execution_id).get("steps") or []
+            return next((s for s in steps if s["nodeId"] == node_id and s["status"] == status),
+                        None)
+
+        return dict(wait_for(reached, timeout, f"step {node_id} of {execution_id} {status}", 0.2))
+
     def pages(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every item of a paginated list."""
         items: list[dict[str, Any]] = []
@@ -302,6 +313,24 @@ class System:
         made = self.api.call("POST", "/api/api-keys",
                              json={"name": name or f"{role}-{uuid.uuid4().hex[:6]}", "role": role})
         return made["id"], made["key"]
+
+    def api_as(self, key: str) -> Api:
+        """The API with another key."""
+        return Api(self.api_url, key)
+
+    def anonymous(self) -> httpx.Client:
+        """A client without a key (signed links need none)."""
+        return httpx.Client(timeout=30)
+
+    def wait_for_task(self, api: Api, execution_id: str, node_id: str,
+                      timeout: float = 60.0) -> dict[str, Any]:
+        """The open approval task of that step in `api`'s key's inbox."""
+
+        def found() -> dict[str, Any] | None:
+            return next((t for t in api.pages("/api/approvals")
+                         if t["executionId"] == execution_id and t["nodeId"] == node_id), None)
+
+        return dict(wait_for(found, timeout, f"approval task {node_id} of {execution_id}", 0.2))
 
     def verify_audit_chain(self) -> subprocess.CompletedProcess[str]:
         """`python -m cadenza_audit_sink verify --org <org>` for the session's org."""

@@ -47,6 +47,8 @@ class Recorder:
 
     calls: list[Call] = field(default_factory=list)
     seen: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    max_in_flight: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, call: Call) -> int:
@@ -54,6 +56,16 @@ class Recorder:
             self.calls.append(call)
             self.seen[(call.path, call.idempotency_key)] += 1
             return self.seen[(call.path, call.idempotency_key)]
+
+    def entered(self, group: str) -> None:
+        """A call of `group` (the first path segment) began; track the peak concurrency."""
+        with self.lock:
+            self.in_flight[group] += 1
+            self.max_in_flight[group] = max(self.max_in_flight[group], self.in_flight[group])
+
+    def left(self, group: str) -> None:
+        with self.lock:
+            self.in_flight[group] -= 1
 
     def matching(self, prefix: str) -> list[Call]:
         """Calls whose path starts with `prefix`."""
@@ -95,7 +107,12 @@ def create_stub_app(recorder: Recorder) -> FastAPI:
             at=time.time(),
         )
         attempt = recorder.record(call)
-        await asyncio.sleep(_latency(query.get("latency_ms")))
+        group = path.split("/", 1)[0]
+        recorder.entered(group)
+        try:
+            await asyncio.sleep(_latency(query.get("latency_ms")))
+        finally:
+            recorder.left(group)
         fail = query.get("fail")
         if fail == "always" or (fail is not None and attempt <= int(fail)):
             status = int(query.get("status", "503"))
