@@ -295,7 +295,9 @@ class System:
 
     def _bootstrap_org(self) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "cadenza_trigger_api", "create-org", "e2e"],
+            # the fault suite starts far more than the default 600 executions a minute
+            [sys.executable, "-m", "cadenza_trigger_api", "create-org", "e2e",
+             "--executions-per-minute", "1000000"],
             env=self.base_env(), capture_output=True, text=True, timeout=60, check=True,
         )
         self.admin_key = result.stdout.strip().splitlines()[-1]

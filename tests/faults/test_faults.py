@@ -9,11 +9,13 @@ transition and its hash chain verifies, and nothing went to the DLQ.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -76,9 +78,13 @@ class Load:
 
     def start(self) -> None:
         self.system.api.workflow(self.slug, four_step_workflow(self.slug))
-        for n in range(EXECUTIONS):
+
+        def execute(n: int) -> str:
             answer = self.system.api.execute(self.slug, {"order": n}, external_id=f"o-{n}")
-            self.ids.append(answer["executionId"])
+            return str(answer["executionId"])
+
+        with ThreadPoolExecutor(8) as pool:
+            self.ids = list(pool.map(execute, range(EXECUTIONS)))
 
     def calls(self) -> int:
         return len(self.stub.recorder.matching(f"/{self.slug}/"))
@@ -104,8 +110,10 @@ class Load:
 
 
 def check_steps(load: Load) -> None:
-    for execution_id in load.ids:
-        steps = load.system.api.execution(execution_id)["steps"]
+    with ThreadPoolExecutor(8) as pool:
+        executions = list(pool.map(load.system.api.execution, load.ids))
+    for execution in executions:
+        steps = execution["steps"]
         assert sorted(s["nodeId"] for s in steps) == sorted(NODES), steps
         assert {s["status"] for s in steps} == {"succeeded"}, steps
 
@@ -146,15 +154,24 @@ def run_fault(system: System, stub: StubServer, fault: str, inject: Callable[[Lo
     dlq_before = dlq_size(system.kafka)
     load = Load(system, stub, fault)
 
+    marks = [time.monotonic()]
+
     load.start()
+    marks.append(time.monotonic())
     inject(load)
+    marks.append(time.monotonic())
     load.wait_all_succeeded()
+    marks.append(time.monotonic())
 
     check_steps(load)
     calls, duplicates = check_idempotency_keys(load)
-    report(fault, calls, duplicates)
     check_audit_log(load, since)
     assert dlq_size(system.kafka) == dlq_before
+    marks.append(time.monotonic())
+    phases = dict(zip(("start", "fault", "settle", "checks"),
+                      (round(b - a, 1) for a, b in itertools.pairwise(marks)),
+                      strict=True))
+    report(fault, calls, duplicates, phases)
 
 
 def kill_and_restart(service: str) -> Callable[[Load], None]:

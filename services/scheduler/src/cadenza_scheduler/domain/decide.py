@@ -11,8 +11,9 @@ What the Faust shell does per record of `executions.commands` / `steps.completed
     re-index the execution's timers: decision.state.timers (timer_id, kind, due_at,
     node_id, attempt); when due, send timers.timer_fired(state, timer) to
     executions.commands (same event id every time, a stale one is ignored).
-A child ExecutionRequested (sub_workflow) has `workflow == {}` and `workflow_ref`
-(`slug` or `slug@version`): the shell loads that snapshot before publishing it.
+A child ExecutionRequested (sub_workflow) carries its snapshot, taken from the bundle
+(`ExecutionRequested.sub_workflows`) the trigger-api resolved when the root execution was
+requested; the bundle is kept in the state and passed on to every child.
 """
 
 from __future__ import annotations
