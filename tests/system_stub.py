@@ -39,6 +39,7 @@ class Call:
     body: Any
     headers: dict[str, str]
     at: float
+    raw: bytes = b""
 
 
 @dataclass
@@ -98,13 +99,15 @@ def create_stub_app(recorder: Recorder) -> FastAPI:
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def anything(path: str, request: Request) -> Response:
         query = dict(request.query_params)
+        raw = await request.body()
         call = Call(
             method=request.method,
             path="/" + path,
             idempotency_key=request.headers.get("idempotency-key"),
-            body=_body(await request.body()),
+            body=_body(raw),
             headers={k.lower(): v for k, v in request.headers.items()},
             at=time.time(),
+            raw=raw,
         )
         attempt = recorder.record(call)
         group = path.split("/", 1)[0]

@@ -255,3 +255,59 @@ def test_an_approval_decided_by_signed_link_resumes_the_execution(system: System
     decided = system.api.audit_log(action="execution.approve")
     assert any(e["executionId"] == execution_id and e["actor"]["kind"] == "signed_link"
                for e in decided)
+
+
+def test_a_sub_workflow_runs_as_a_child_execution_whose_output_the_parent_uses(
+    system: System, stub: StubServer
+) -> None:
+    base = unique("sub")
+    grandchild, child, parent = f"{base}-gc", f"{base}-c", f"{base}-p"
+    system.api.workflow(grandchild, {
+        "nodes": [call("leaf", f"/{base}/leaf", method="POST", body={"n": "${trigger.n}"})],
+        "output": {"leaf_n": "${step.leaf.output.body.n}"},
+    })
+    system.api.workflow(child, {
+        "nodes": [
+            {"id": "double", "type": "transform", "expression": "trigger.n * 2"},
+            {"id": "deeper", "type": "sub_workflow", "workflow": {"slug": grandchild},
+             "depends_on": ["double"], "input": {"n": "${step.double.output}"}},
+        ],
+        "output": {"doubled": "${step.double.output}", "deep": "${step.deeper.output}"},
+    })
+    version = system.api.workflow(parent, {
+        "nodes": [
+            call("before", f"/{base}/before"),
+            {"id": "kid", "type": "sub_workflow", "workflow": {"slug": child, "version": 1},
+             "depends_on": ["before"], "input": {"n": "${trigger.n}"}},
+            call("after", f"/{base}/after", "kid", method="POST",
+                 body={"got": "${step.kid.output}"}),
+        ]
+    })
+
+    started = system.api.execute(parent, {"n": 21})
+    done = system.api.wait_finished(started["executionId"])
+
+    assert version["version"] == 1
+    assert done["status"] == "succeeded", done
+    steps = steps_by_id(done)
+    expected = {"doubled": 42, "deep": {"leaf_n": 42}}
+    assert steps["kid"]["output"] == expected
+    assert steps["after"]["output"]["body"] == {"got": expected}
+    [kid] = system.api.pages("/api/executions", {"workflow": child})
+    [leaf] = system.api.pages("/api/executions", {"workflow": grandchild})
+    assert kid["parentExecutionId"] == started["executionId"]
+    assert leaf["parentExecutionId"] == kid["id"]
+    assert (kid["status"], leaf["status"]) == ("succeeded", "succeeded")
+    assert [c.body for c in stub.recorder.matching(f"/{base}/leaf")] == [{"n": 42}]
+
+
+def test_publishing_a_workflow_whose_sub_workflow_does_not_exist_is_refused(
+    system: System,
+) -> None:
+    slug = unique("orphan")
+    system.api.call("POST", "/api/workflows", json={"slug": slug, "name": slug, "spec": {
+        "nodes": [{"id": "kid", "type": "sub_workflow", "workflow": {"slug": "no-such-wf"}}]}})
+
+    refused = system.api.call("POST", f"/api/workflows/{slug}/publish", expect=(422,))
+
+    assert refused["type"].endswith("/unresolvable-sub-workflow")

@@ -564,6 +564,32 @@ def test_approval_decision(
     assert not [t for t in run.state.timers if t.node_id == "ok"]
 
 
+def test_a_rejection_the_approvals_service_sends_as_step_failed_is_recorded_as_decided() -> None:
+    run = Run(approval(on_reject="fail"))
+    assert run.state is not None
+    details = {"decision": "rejected", "approvers": [], "comments": ["no"], "rejected_by": "k2"}
+
+    run.apply(
+        StepFailed(
+            execution_id=run.execution_id,
+            org_id=run.state.org_id,
+            node_id="ok",
+            error=StepError(
+                error_class=ErrorClass.APPROVAL_REJECTED,
+                message="approval rejected by k2",
+                retryable=False,
+                details=details,
+            ),
+        )
+    )
+
+    [decided] = run.of_type(ApprovalDecided)
+    assert (decided.decision, decided.comments) == ("rejected", ["no"])
+    assert run.status("ok") is S.FAILED
+    assert run.execution_status is ExecutionStatus.FAILED
+    assert run.of_type(ExecutionFailed)[0].error.error_class is ErrorClass.APPROVAL_REJECTED
+
+
 def test_escalation_then_expiry_with_on_timeout() -> None:
     run = Run(approval(on_timeout="approve"))
 
