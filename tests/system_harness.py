@@ -9,6 +9,7 @@ admin key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,21 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
         time.sleep(every)
 
 
+@contextlib.contextmanager
+def _usr1_ignored() -> Iterator[None]:
+    """Children start with SIGUSR1 ignored (an inherited disposition).
+
+    The scheduler (faust's `mode`) handles SIGUSR1 (a stack dump) only once it is up; a
+    SIGUSR1 sent to scheduler processes on this shared machine during its start-up killed
+    it (exit -10). Ignoring it until `mode` installs its handler closes that window.
+    """
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def module_of(service: str) -> str:
     return "cadenza_" + service.replace("-", "_")
 
@@ -69,7 +85,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.starts += 1
-        with self.log.open("ab") as out:
+        with self.log.open("ab") as out, _usr1_ignored():
             out.write(f"===== {self.name} start {self.starts} =====\n".encode())
             out.flush()
             self.proc = subprocess.Popen(

@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 EXECUTIONS = 300
 NODES = ("reserve", "charge", "notify", "archive")
-SETTLE_S = 180.0
+SETTLE_S = 90.0
 
 
 def four_step_workflow(slug: str) -> dict[str, Any]:
@@ -136,6 +136,8 @@ def check_audit_log(load: Load, since: str) -> None:
     assert len({r["eventId"] for r in rows}) == len(rows), "an event was recorded twice"
     for execution_id in load.ids:
         seen = by_execution[execution_id]
+        if any(count != 1 for count in seen.values()):
+            print(_history(rows, execution_id))
         assert seen[("execution.requested", execution_id)] == 1, seen
         assert seen[("execution.started", execution_id)] == 1, seen
         assert seen[("execution.succeeded", execution_id)] == 1, seen
@@ -146,6 +148,14 @@ def check_audit_log(load: Load, since: str) -> None:
         assert all(count == 1 for count in seen.values()), seen
     verified = load.system.verify_audit_chain()
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _history(rows: list[dict[str, Any]], execution_id: str) -> str:
+    return "\n".join(
+        f"{r['seq']} {r['eventId']} {r['action']} {r['resourceId']} {r['occurredAt']} "
+        f"{r['recordedAt']} {r['after']}"
+        for r in sorted(rows, key=lambda r: r["seq"]) if r["executionId"] == execution_id
+    )
 
 
 def run_fault(system: System, stub: StubServer, fault: str, inject: Callable[[Load], None],
@@ -193,11 +203,12 @@ SCHEDULER_XFAIL = pytest.mark.xfail(
 @pytest.mark.parametrize(
     "service",
     [
-        pytest.param("scheduler", marks=SCHEDULER_XFAIL),
         "step-runner",
         "audit-sink",
         "approvals",
         "trigger-api",
+        # last: what a scheduler crash leaves behind must not be blamed on the others
+        pytest.param("scheduler", marks=SCHEDULER_XFAIL),
     ],
 )
 def test_executions_in_flight_survive_sigkill_and_restart_of(
