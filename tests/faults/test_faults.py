@@ -99,9 +99,9 @@ class Load:
                                      {"workflow": self.slug, "status": "succeeded"})
         return len(done)
 
-    def wait_all_succeeded(self) -> None:
+    def wait_all_succeeded(self, bound_s: float = SETTLE_S) -> None:
         try:
-            wait_for(lambda: self.succeeded() == EXECUTIONS, SETTLE_S,
+            wait_for(lambda: self.succeeded() == EXECUTIONS, bound_s,
                      f"{EXECUTIONS} executions of {self.slug} to succeed", every=1.0)
         except AssertionError:
             statuses = Counter(e["status"] for e in self.system.api.pages(
@@ -159,7 +159,7 @@ def _history(rows: list[dict[str, Any]], execution_id: str) -> str:
 
 
 def run_fault(system: System, stub: StubServer, fault: str, inject: Callable[[Load], None],
-              report: Callable[[str, int, int], None]) -> None:
+              report: Callable[..., None], settle_s: float = SETTLE_S) -> None:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
     dlq_before = dlq_size(system.kafka)
     load = Load(system, stub, fault)
@@ -170,7 +170,7 @@ def run_fault(system: System, stub: StubServer, fault: str, inject: Callable[[Lo
     marks.append(time.monotonic())
     inject(load)
     marks.append(time.monotonic())
-    load.wait_all_succeeded()
+    load.wait_all_succeeded(settle_s)
     marks.append(time.monotonic())
 
     check_steps(load)
@@ -229,4 +229,5 @@ def test_executions_in_flight_survive_a_kafka_broker_restart(
         load.wait_in_flight()
         Stack().restart_kafka()
 
-    run_fault(system, stub, "kafka-broker", restart_broker, report_duplicates)
+    # every client reconnects and every consumer group rebalances: allow more time
+    run_fault(system, stub, "kafka-broker", restart_broker, report_duplicates, 2 * SETTLE_S)
