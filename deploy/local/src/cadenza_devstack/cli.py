@@ -1,4 +1,4 @@
-"""`cadenza-dev` / `python -m cadenza_devstack`: up, down, status, logs, env."""
+"""`cadenza-dev` / `python -m cadenza_devstack`: up, run, down, status, logs, env."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import subprocess
 import sys
 
+from cadenza_devstack.demo import RunOptions, run_demo
 from cadenza_devstack.stack import Stack
 from cadenza_devstack.state import MissingPrerequisite
-from cadenza_devstack.supervisor import supervise
 
 
 def _up(stack: Stack, _: argparse.Namespace) -> int:
@@ -29,11 +29,10 @@ def _down(stack: Stack, _: argparse.Namespace) -> int:
 def _run(stack: Stack, args: argparse.Namespace) -> int:
     _up(stack, args)
     try:
-        asyncio.run(supervise(stack.info()))
+        return asyncio.run(run_demo(stack.info(), stack.dir, RunOptions(once=args.once)))
     finally:
         stack.down()
         print("Cadenza local stack is down (data kept for the next run).")
-    return 0
 
 
 def _status(stack: Stack, _: argparse.Namespace) -> int:
@@ -65,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start Kafka and Postgres, migrate, create topics").set_defaults(
         fn=_up
     )
-    sub.add_parser("run", help="up, then run every service until Ctrl-C").set_defaults(fn=_run)
+    run = sub.add_parser(
+        "run", help="up, every service and the demo, one onboarding per branch, until Ctrl-C")
+    run.add_argument("--once", action="store_true",
+                     help="stop after the demo executions; exit 0 only if all ended as expected")
+    run.set_defaults(fn=_run)
     sub.add_parser("down", help="stop Kafka and Postgres").set_defaults(fn=_down)
     sub.add_parser("status", help="say what is running (exit 3 if not all)").set_defaults(
         fn=_status

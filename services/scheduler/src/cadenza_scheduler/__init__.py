@@ -10,10 +10,15 @@ Guarantees we rely on, and why they hold:
 
 - At-least-once input, no Kafka transactions (faust's EOS has open bugs #517/#323).
   Faust commits a source offset only after the agent finished the record (the stream
-  acks it when the next one is taken) and, before committing, flushes its producer
-  (`Consumer._commit_offsets` calls `producer.flush()`), so every changelog write and
-  every send made while handling a record is on the broker before that record's offset
-  is committed. A crash re-delivers everything after the last commit.
+  acks it when the next one is taken). We do NOT rely on Faust's commit-time flush to
+  put table writes on the broker: it gives up on its producer buffer after 0.1 s. The
+  table class (`app.DurableTable`) keeps the future of each key's last changelog write
+  and the shell awaits it before sending anything the new state caused, so a committed
+  offset, or any event a runner could answer, implies the state behind it is durable.
+- Partitions taken over without a committed offset are rewound to their beginning before
+  Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
+  while the client's position moves past them, and Faust only seeks back partitions with
+  a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`.
 - Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
   unfinished record). One agent instance handles all assigned partitions in order.
 - The table changes only when a new value is assigned (`table[key] = value`); we never
@@ -31,11 +36,11 @@ A crash between 1 and 3 leaves the outbox in the changelog. On partition assignm
 after recovery, the shell resends every non-empty outbox of the partitions it owns
 (remembering which keys it resent), and the next record for such a key resends it
 again unless that was already done, then clears it. The re-delivered input itself is a
-duplicate for decide() (state already advanced) and emits nothing. A crash after the
-sends but before the changelog write of step 1 is flushed replays the input on the old
-state: decide() is deterministic in ids (event ids derive from the execution id and a
-counter), so the re-emitted events carry the same event ids and seq as the first
-ones — consumers dedupe by event id. Duplicated StepReady are harmless (the runner sends
+duplicate for decide() (state already advanced) and emits nothing. Step 1 is awaited
+on the broker before step 2 starts, so no emit can exist without the state that made it.
+decide() is deterministic in ids (event ids derive from the execution id and a counter),
+so re-sent events carry the same event ids and seq as the first ones — consumers dedupe
+by event id. Duplicated StepReady are harmless (the runner sends
 an Idempotency-Key; decide() ignores a second completion of the same attempt).
 
 Durable timers: due times live in the state (`ExecutionState.timers`); the stored value

@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
 # send(topic, key, value, headers) -> awaitable that resolves once the broker acknowledged
 Send = Callable[[str, bytes | None, bytes | None, Headers], Awaitable[Awaitable[Any]]]
+# durable(key) -> returns once the table's last write of `key` is on the broker
+Durable = Callable[[str], Awaitable[None]]
+
+
+async def _already_durable(key: str) -> None:
+    return None
 
 
 class Table(Protocol):
@@ -71,9 +77,11 @@ class Shell:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         send_attempts: int = 20,
+        durable: Durable = _already_durable,
     ) -> None:
         self.table = table
         self._send = send
+        self._durable = durable
         self.topics = topics
         self.source = source
         self.consumer_name = consumer_name
@@ -136,6 +144,10 @@ class Shell:
             return
         state_bytes = codec.state_json(decision.state)
         self._save(key, Stored(decision.state, list(decision.emits)), state_bytes)
+        # The new state (with its outbox) must be on the broker before anything it caused is:
+        # otherwise a crash could restore the old state while a runner already answers a
+        # StepReady of the new one, and decide() would drop that answer as unknown.
+        await self._durable(key)
         await self.send_events(decision.emits)
         self._save(key, Stored(decision.state), state_bytes)
         self._track(key, decision.state)
@@ -301,4 +313,4 @@ def _retention_timer(state: ExecutionState, now: datetime) -> TimerFired:
     )
 
 
-__all__ = ["Shell", "partition_of"]
+__all__ = ["Durable", "Shell", "partition_of"]

@@ -26,6 +26,36 @@ from cadenza_scheduler.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
+    """A Faust table that remembers each key's last changelog write, so it can be awaited.
+
+    Faust sends changelog records through its producer buffer and its commit-time flush gives
+    up on the buffer after 0.1 s, so "the offset is committed" does not imply "the new value
+    is on the broker". The shell awaits `durable(key)` before it sends what a change caused.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_write: dict[Any, Any] = {}
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        fut = self.send_changelog(self.partition_for_key(key), key, value)
+        self.last_write[key] = fut
+        partition = fut.message.partition
+        assert partition is not None
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        self.last_write.pop(key, None)
+        super().on_key_del(key)
+
+    async def durable(self, key: str) -> None:
+        fut = self.last_write.pop(key, None)
+        if fut is not None:
+            await fut
+
+
 @dataclass
 class Scheduler:
     """The app and what its views and tests look at."""
@@ -62,12 +92,14 @@ def create_app(settings: Settings) -> Scheduler:
         web_graph_enabled=False,
         web_stats_enabled=False,
         web_metrics_enabled=False,
+        Table=DurableTable,
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
     )
     table = app.Table("executions", key_type=str, value_type=bytes, partitions=kafka.partitions)
+    assert isinstance(table, DurableTable)
     metrics = Metrics()
 
     async def send(topic: str, key: bytes | None, value: bytes | None, headers: Headers) -> Any:
@@ -82,6 +114,7 @@ def create_app(settings: Settings) -> Scheduler:
         retention_s=settings.retention_s,
         partitions=kafka.partitions,
         metrics=metrics,
+        durable=table.durable,
     )
     ready = asyncio.Event()
     inputs = app.topic(
@@ -124,6 +157,7 @@ def _on_rebalance(
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     async def on_recovered() -> None:
+        await _rewind_uncommitted(app, topics)
         owned = {
             tp.partition
             for tp in app.assignor.assigned_actives()
@@ -139,6 +173,23 @@ def _on_rebalance(
         ready.set()
 
     table.on_recover(on_recovered)
+
+
+async def _rewind_uncommitted(app: faust.App, topics: Topics) -> None:
+    """Seek input partitions that have no committed offset back to their beginning.
+
+    Works around faust-streaming #629: records fetched while a rebalance is under way are
+    dropped (generation changed, or partition not yet active), but the client's position has
+    moved past them. Faust then seeks back only partitions with a committed offset above 0,
+    so a partition nobody committed yet (e.g. taken over from a scheduler killed before its
+    first commit) would silently skip those records. Runs before Faust resumes the partitions.
+    """
+    consumer: Any = app.consumer
+    inputs = {topics.executions_commands, topics.steps_completed}
+    committed = await consumer.seek_to_committed()
+    for tp, offset in committed.items():
+        if tp.topic in inputs and (offset is None or offset <= 0):
+            await consumer.seek(tp, 0)
 
 
 def _timer_task(

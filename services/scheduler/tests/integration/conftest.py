@@ -64,6 +64,7 @@ class SchedulerProcess:
             "CADENZA_SCHEDULER_SESSION_TIMEOUT_S": "6",
             "CADENZA_SCHEDULER_REBALANCE_TIMEOUT_S": "10",
             "CADENZA_SCHEDULER_LOG_LEVEL": os.environ.get("SCHED_TEST_LOG", "warning"),
+            "PYTHONUNBUFFERED": "1",
             **env,
         }
         with self.log.open("ab") as out:
@@ -232,7 +233,11 @@ class History:
                     await asyncio.sleep(0.1)
         except TimeoutError:
             stuck = [i for i in ids if self.finished(i) is None]
-            raise AssertionError(f"{len(stuck)} of {len(ids)} executions unfinished") from None
+            seen = {i: [e.CE_TYPE.split(".", 1)[1] for e in self.events.get(i, ())] for i in stuck}
+            sample = "; ".join(f"{i}: {seen[i]}" for i in stuck[:3])
+            raise AssertionError(
+                f"{len(stuck)} of {len(ids)} executions unfinished, e.g. {sample}"
+            ) from None
 
     async def wait_for(self, check: Callable[[], bool], timeout: float) -> None:
         async with asyncio.timeout(timeout):

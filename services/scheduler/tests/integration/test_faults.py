@@ -29,14 +29,6 @@ def terminal_transitions(harness: Harness, execution_id: uuid.UUID) -> tuple[Cou
     return Counter(distinct.values()), len(records) - len(distinct)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "flaky: passed once, then left 8/200 executions unfinished; suspected race: after a "
-        "SIGKILL the changelog can lag the sends, so a completion on steps.completed may be "
-        "applied to the old state before the re-delivered command (see the report)"
-    ),
-    strict=False,
-)
 async def test_executions_survive_three_sigkills(
     schedulers: Callable[[], SchedulerProcess], harness: Harness
 ) -> None:

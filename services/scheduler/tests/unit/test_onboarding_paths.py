@@ -101,7 +101,7 @@ def test_confirmed_hit_asks_the_mlro(mlro: str, outcome: ExecutionStatus) -> Non
     else:  # on_failure: compensate undoes the identity capture first
         run.succeed("compensate:capture_ktp", attempt=1)
 
-    assert request.approvers == ["mlro"]
+    assert request.approvers == ["role:approver"]
     assert request.four_eyes is True
     assert request.context == {"screening": {"result": "confirmed_hit", "lists": ["UN"]}}
     assert run.execution_status is outcome

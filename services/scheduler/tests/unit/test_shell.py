@@ -90,6 +90,23 @@ async def test_a_request_saves_the_state_and_sends_its_emits_with_an_empty_outbo
     assert any(isinstance(e, ev.ExecutionStarted) for e in sent.events(TOPICS.executions_events))
 
 
+async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent() -> None:
+    sched, table, sent, _ = shell()
+    order: list[str] = []
+
+    async def durable(key: str) -> None:
+        stored = codec.load(table[key])
+        order.append(f"durable outbox={len(stored.outbox)} sent={len(sent.records)}")
+
+    sched._durable = durable
+    req = request(flow(CALL_A))
+
+    await sched.apply(req)
+
+    assert order == [f"durable outbox={len(sent.records)} sent=0"]
+    assert sent.records
+
+
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
     first, table, sent_before, _ = shell()
     req = request(flow(CALL_A))

@@ -1,0 +1,1 @@
+"""Cadenza's demo sibling service (identity capture, AML screening, CRM) for `make run`."""
