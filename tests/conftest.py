@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from system_harness import System
+from system_harness import System, demo_process
 from system_stub import StubServer
 
 from cadenza_common.db import upgrade
@@ -68,3 +68,15 @@ def system(kafka_bootstrap: str, system_database: str, stub: StubServer) -> Iter
         if broken:
             print(f"service logs in {workdir}\n{broken}")
         delete_prefixed_topics(kafka)
+
+
+@pytest.fixture(scope="session")
+def demo_url(system: System) -> Iterator[str]:
+    """The demo sibling service (deploy/local/demo) as a process, answering in 0-50 ms."""
+    process, url = demo_process(system.workdir)
+    process.start()
+    try:
+        process.wait_ready(60)
+        yield url
+    finally:
+        process.stop()

@@ -78,6 +78,7 @@ class ServiceProcess:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    args: tuple[str, ...] = ()
 
     @property
     def log(self) -> Path:
@@ -89,7 +90,7 @@ class ServiceProcess:
             out.write(f"===== {self.name} start {self.starts} =====\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module_of(self.name)],
+                [sys.executable, "-m", module_of(self.name), *self.args],
                 env=self.env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -124,6 +125,15 @@ class ServiceProcess:
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def demo_process(workdir: Path, latency_ms: str = "0-50") -> tuple[ServiceProcess, str]:
+    """The demo sibling service (`python -m cadenza_demo`) as a process, and its URL."""
+    port = free_port()
+    process = ServiceProcess("demo", {**os.environ, "PYTHONUNBUFFERED": "1"},
+                             f"http://127.0.0.1:{port}/healthz", workdir,
+                             args=("--port", str(port), "--latency-ms", latency_ms))
+    return process, f"http://127.0.0.1:{port}"
 
 
 class Api:
@@ -320,9 +330,10 @@ class System:
         self.org_id = result.stderr.split("org ", 1)[1].split()[0]
         self._api = Api(self.api_url, self.admin_key)
 
-    def connection(self, name: str, **extra: Any) -> dict[str, Any]:
-        """Register the stub as a service connection that may call loopback."""
-        body = {"name": name, "baseUrl": self.stub_url, "allowPrivateNetwork": True, **extra}
+    def connection(self, name: str, base_url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """Register the stub (or `base_url`) as a service connection that may call loopback."""
+        body = {"name": name, "baseUrl": base_url or self.stub_url, "allowPrivateNetwork": True,
+                **extra}
         created: dict[str, Any] = self.api.call("POST", "/api/service-connections", json=body)
         return created
 
