@@ -222,13 +222,6 @@ def kill_and_restart(service: str) -> Callable[[Load], None]:
     return inject
 
 
-SCHEDULER_XFAIL = pytest.mark.xfail(
-    strict=False,
-    reason="the scheduler may lose or strand executions under SIGKILL (being fixed in the "
-           "scheduler's crash-safety work)",
-)
-
-
 @pytest.mark.parametrize(
     "service",
     [
@@ -237,7 +230,7 @@ SCHEDULER_XFAIL = pytest.mark.xfail(
         "approvals",
         "trigger-api",
         # last: what a scheduler crash leaves behind must not be blamed on the others
-        pytest.param("scheduler", marks=SCHEDULER_XFAIL),
+        "scheduler",
     ],
 )
 def test_executions_in_flight_survive_sigkill_and_restart_of(
