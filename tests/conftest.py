@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from system_harness import System, demo_process
+from system_harness import System
 from system_stub import StubServer
 
 from cadenza_common.db import upgrade
@@ -71,12 +71,6 @@ def system(kafka_bootstrap: str, system_database: str, stub: StubServer) -> Iter
 
 
 @pytest.fixture(scope="session")
-def demo_url(system: System) -> Iterator[str]:
-    """The demo sibling service (deploy/local/demo) as a process, answering in 0-50 ms."""
-    process, url = demo_process(system.workdir)
-    process.start()
-    try:
-        process.wait_ready(60)
-        yield url
-    finally:
-        process.stop()
+def demo_url(system: System) -> str:
+    """The demo sibling service (deploy/local/demo, answering in 0-50 ms), a process."""
+    return system.demo_url

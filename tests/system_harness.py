@@ -127,12 +127,16 @@ class ServiceProcess:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
+KYC_TOKEN = "e2e-kyc-token"  # the runner sends it as ${secrets.KYC_TOKEN}; the demo checks it
+
+
 def demo_process(workdir: Path, latency_ms: str = "0-50") -> tuple[ServiceProcess, str]:
     """The demo sibling service (`python -m cadenza_demo`) as a process, and its URL."""
     port = free_port()
     process = ServiceProcess("demo", {**os.environ, "PYTHONUNBUFFERED": "1"},
                              f"http://127.0.0.1:{port}/healthz", workdir,
-                             args=("--port", str(port), "--latency-ms", latency_ms))
+                             args=("--port", str(port), "--latency-ms", latency_ms,
+                                   "--kyc-token", KYC_TOKEN))
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -221,6 +225,8 @@ class System:
     workdir: Path
     stub_url: str
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    demo: ServiceProcess | None = None
+    demo_url: str = ""
     api_port: int = 0
     org_id: str = ""
     admin_key: str = ""
@@ -270,7 +276,12 @@ class System:
                     "CADENZA_METRICS_PORT": str(port), "CADENZA_SESSION_TIMEOUT_MS": "6000",
                     "CADENZA_CONNECTION_CACHE_TTL_S": "0",
                     "CADENZA_WEBHOOK_INITIAL_BACKOFF_S": "0.2",
-                    "CADENZA_SECRETS_STUB_TOKEN": "s3cret-stub-token"}
+                    "CADENZA_SECRETS_STUB_TOKEN": "s3cret-stub-token",
+                    # what examples/onboarding.yaml needs: the KYC token, the events URL
+                    # (an absolute loopback URL, hence private network allowed)
+                    "CADENZA_SECRETS_KYC_TOKEN": KYC_TOKEN,
+                    "CADENZA_ENV_CUSTOMER_EVENTS_URL": f"{self.demo_url}/events/customer-events",
+                    "CADENZA_ALLOW_PRIVATE_NETWORK": "true"}
             return env, f"http://127.0.0.1:{port}/metrics"
         if name == "approvals":
             env |= {"CADENZA_APPROVALS_PORT": str(port),
@@ -292,6 +303,10 @@ class System:
         return process
 
     def start_all(self) -> None:
+        """The demo service first (the runner's settings name its URL), then the five."""
+        self.demo, self.demo_url = demo_process(self.workdir)
+        self.demo.start()
+        self.demo.wait_ready(60)
         for name in SERVICES:
             self.start(name)
         for name in SERVICES:
@@ -318,6 +333,8 @@ class System:
                 os.killpg(process.proc.pid, signal.SIGTERM)
         for process in self.processes.values():
             process.stop()
+        if self.demo is not None:
+            self.demo.stop()
 
     def _bootstrap_org(self) -> None:
         result = subprocess.run(
@@ -369,7 +386,8 @@ class System:
         )
 
     def logs_with_tracebacks(self) -> str:
+        every = [*self.processes.values(), *([self.demo] if self.demo else [])]
         return "\n".join(
             f"--- {p.name} log (tail) ---\n{p.tail()}"
-            for p in self.processes.values() if "Traceback" in p.tail(200_000)
+            for p in every if "Traceback" in p.tail(200_000)
         )

@@ -6,10 +6,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 from system_harness import Api, System
 from system_stub import StubServer
+
+from cadenza_devstack.demo_setup import onboarding_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -178,3 +182,54 @@ def check_audit(system: System, started: dict[str, str]) -> None:
     for xid in started.values():
         history = system.api.audit_log(resourceId=xid)
         assert [r["action"] for r in history].count("execution.started") == 1
+
+
+# the demo service answers from the input: the NIK's last digit decides the identity
+# verdict (7 review, 8 rejected), a watchlist name is a confirmed AML hit
+DEMO_INPUTS: dict[str, tuple[str, str]] = {
+    "clear": ("3171234567890001", "Siti Rahma"),
+    "hit_approved": ("3171234567890002", "Dewi Sanksi"),
+    "hit_rejected": ("3171234567890003", "Budi Pencuci"),
+    "review_approved": ("3171234567890007", "Andi Wijaya"),
+    "review_rejected": ("3171234567890017", "Rina Putri"),
+    "kyc_failed": ("3171234567890008", "Joko Susilo"),
+}
+
+
+def test_the_example_onboarding_workflow_runs_every_branch_against_the_demo_service(
+    system: System, demo_url: str
+) -> None:
+    spec = onboarding_spec()
+    slug = spec["slug"]
+    for name in ("kyc-provider", "aml-screening"):
+        system.connection(name, base_url=demo_url)
+    system.api.call("POST", "/api/workflows", json={"slug": slug, "name": spec["name"],
+                                                    "spec": spec})
+    system.api.call("POST", f"/api/workflows/{slug}/publish")
+    approver = system.api_as(system.key("approver")[1])
+
+    started = {
+        branch: system.api.execute(slug, {"customer_id": f"c-{branch}", "ktp_number": nik,
+                                          "full_name": name})["executionId"]
+        for branch, (nik, name) in DEMO_INPUTS.items()
+    }
+    for branch, (_, _, decisions, _, _) in BRANCHES.items():
+        for node, decision in decisions:
+            decide(system, approver, started[branch], node, decision)
+    done = {branch: system.api.wait_finished(xid) for branch, xid in started.items()}
+
+    for branch, (_, _, _, status, steps) in BRANCHES.items():
+        assert done[branch]["status"] == status, (branch, done[branch])
+        seen = {s["nodeId"]: s["status"] for s in done[branch]["steps"]
+                if not s["nodeId"].startswith("compensate:")}
+        assert seen == steps, branch
+    assert done["clear"]["output"] == {"customer_id": "c-clear", "kyc": "passed"}
+    assert done["kyc_failed"]["output"] == {"customer_id": "c-kyc_failed", "kyc": "rejected"}
+    events = httpx.get(f"{demo_url}/events", params={"channel": "customer-events"}).json()
+    delivered = {orjson.loads(e["body"])["customer_id"]: orjson.loads(e["body"])
+                 for e in events}
+    assert {c: d.get("screening", d.get("verdict")) for c, d in delivered.items()
+            if c.startswith("c-")} == {
+        "c-clear": "clear", "c-hit_approved": "confirmed_hit", "c-review_approved": "clear",
+        "c-review_rejected": "requires_review", "c-kyc_failed": "rejected",
+    }
