@@ -42,6 +42,7 @@ def four_step_workflow() -> dict[str, Any]:
                   body: dict[str, Any]) -> dict[str, Any]:
         return {"id": node_id, "type": "service_call", "connection": "demo", "method": method,
                 "path": path, "body": body, "depends_on": [after] if after else [],
+                "headers": {"Authorization": "Bearer ${secrets.KYC_TOKEN}"},
                 "retry": {"max_attempts": 5, "initial_interval": "200ms"}}
 
     name = "Customer ${trigger.order}"
