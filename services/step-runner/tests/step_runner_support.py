@@ -25,6 +25,7 @@ from cadenza_step_runner.connections import ConnectionRepository
 from cadenza_step_runner.handlers import StepHandler
 from cadenza_step_runner.refs import RefSource
 from cadenza_step_runner.settings import BreakerSettings, Settings
+from cadenza_step_runner.webhooks import SubscriptionStore
 
 BOX_SETTINGS = SecuritySettings(
     secret_key=SecretStr("test-secret-key-0123456789"), secret_key_id="k1"
@@ -103,6 +104,7 @@ def make_handler(
         caller,
         BlobStore(engine),
         refs or RefSource(),
+        subscriptions=SubscriptionStore(engine, box),
         **extra,
     )
 

@@ -29,8 +29,16 @@ def parse_duration(value: str | int | float) -> timedelta:
     if isinstance(value, bool):
         raise InvalidDuration(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        return _bounded(timedelta(seconds=float(value)), value)
+        return _bounded(_delta(value, seconds=float(value)), value)
     return _parse_text(value)
+
+
+def _delta(raw: object, **parts: float) -> timedelta:
+    # a huge (or NaN/inf) value is refused like any other out-of-range duration
+    try:
+        return timedelta(**parts)
+    except (OverflowError, ValueError):
+        raise InvalidDuration(f"duration {raw!r} is out of range") from None
 
 
 @lru_cache(maxsize=1024)
@@ -53,7 +61,7 @@ def _parse_short(text: str) -> timedelta | None:
     if not text or match is None:
         return None
     d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=d, hours=h, minutes=m, seconds=s, milliseconds=ms)
+    return _delta(text, days=d, hours=h, minutes=m, seconds=s, milliseconds=ms)
 
 
 def _parse_iso(text: str) -> timedelta | None:
@@ -62,4 +70,4 @@ def _parse_iso(text: str) -> timedelta | None:
         return None
     w, d, h, m = (int(g) if g else 0 for g in match.groups()[:4])
     s = float(match.group(5) or 0)
-    return timedelta(weeks=w, days=d, hours=h, minutes=m, seconds=s)
+    return _delta(text, weeks=w, days=d, hours=h, minutes=m, seconds=s)

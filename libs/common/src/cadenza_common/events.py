@@ -226,8 +226,17 @@ class ExecutionRequested(ExecutionEvent):
     workflow_ref: str | None = Field(
         default=None,
         description=(
-            "A sub_workflow child's target as `slug` or `slug@version`; set by the scheduler, "
-            "whose shell loads that version's snapshot into `workflow` before publishing."
+            "A sub_workflow child's target as `slug` or `slug@version`; set by the scheduler "
+            "(informational: the child's snapshot comes from `sub_workflows`)."
+        ),
+    )
+    sub_workflows: dict[str, WorkflowSnapshot] = Field(
+        default_factory=dict,
+        description=(
+            "The snapshots of every workflow a `sub_workflow` node may start, directly or "
+            "through its children, keyed by the reference as written (`slug` or "
+            "`slug@version`); resolved by the trigger-api at execute time and passed on to "
+            "each child, so the scheduler never reads the database."
         ),
     )
 
@@ -583,3 +592,16 @@ def event_class(ce_type: str) -> type[Event]:
         return REGISTRY[ce_type]
     except KeyError:
         raise UnknownEventType(f"unknown event type {ce_type!r}") from None
+
+
+class WorkflowSnapshot(BaseModel):
+    """One immutable workflow version, as bundled for `sub_workflow` children."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: uuid.UUID
+    workflow_version: int = Field(ge=1)
+    workflow: dict[str, Any]
+
+
+ExecutionRequested.model_rebuild()

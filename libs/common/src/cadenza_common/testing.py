@@ -40,6 +40,13 @@ def sample_events(exec_id: uuid.UUID | None = None) -> list[ev.Event]:
             external_id="x-1",
             initiated_by=actor,
             jitter_seed=7,
+            sub_workflows={
+                "child": ev.WorkflowSnapshot(
+                    workflow_id=WORKFLOW_ID,
+                    workflow_version=2,
+                    workflow={"slug": "child", "nodes": []},
+                )
+            },
         ),
         ev.CancelRequested(**base, reason="user asked", requested_by=actor),
         ev.TimerFired(

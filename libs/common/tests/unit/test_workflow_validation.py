@@ -148,6 +148,16 @@ def test_valid_spec_has_no_errors_and_a_spec() -> None:
             spec(call("a"), timeout="P1Y"), ("timeout", "invalid_duration"), id="iso_years"
         ),
         pytest.param(
+            spec(call("a", timeout=8.64e13)),
+            ("nodes[0].timeout", "invalid_duration"),
+            id="duration_beyond_timedelta",
+        ),
+        pytest.param(
+            spec(call("a"), timeout="99999999999d"),
+            ("timeout", "invalid_duration"),
+            id="days_beyond_timedelta",
+        ),
+        pytest.param(
             spec(*[call(f"n{i}") for i in range(MAX_NODES + 1)]),
             ("nodes", "limit_exceeded"),
             id="too_many_nodes",

@@ -62,6 +62,24 @@ def test_cancelled_execution_cancels_its_open_steps() -> None:
     assert projection.steps[XID]["mlro_approval"].status == StepStatus.CANCELLED
 
 
+def test_a_step_the_scheduler_ends_as_cancelled_is_projected_cancelled_not_failed() -> None:
+    events = onboarding_history(XID, ORG, T0)[:16]
+    at = T0 + timedelta(seconds=16)
+    base = {"execution_id": XID, "org_id": ORG, "occurred_at": at}
+    error = ev.StepError(error_class=ev.ErrorClass.CANCELLED, message="stop", retryable=False)
+    tail: list[ev.ExecutionEvent] = [
+        ev.StepFailed(**base, seq=16, node_id="mlro_approval", error=error),
+        ev.ExecutionCancelled(**base, seq=17, reason="stop"),
+    ]
+
+    projection = fold([*events, *tail])
+
+    step = projection.steps[XID]["mlro_approval"]
+    assert step.status == StepStatus.CANCELLED
+    assert step.error is not None
+    assert step.error["error_class"] == "cancelled"
+
+
 def test_compensation_marks_undone_nodes_compensated() -> None:
     events = onboarding_history(XID, ORG, T0)[:4]
     at = T0 + timedelta(seconds=30)

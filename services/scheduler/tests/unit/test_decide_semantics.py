@@ -31,6 +31,7 @@ from cadenza_common.events import (
     StepSucceeded,
     TimerKind,
     Topic,
+    WorkflowSnapshot,
 )
 from cadenza_common.workflow import RetryPolicy
 from cadenza_scheduler.domain import ExecutionState, NodeStatus, decide, due_timers
@@ -563,6 +564,32 @@ def test_approval_decision(
     assert not [t for t in run.state.timers if t.node_id == "ok"]
 
 
+def test_a_rejection_the_approvals_service_sends_as_step_failed_is_recorded_as_decided() -> None:
+    run = Run(approval(on_reject="fail"))
+    assert run.state is not None
+    details = {"decision": "rejected", "approvers": [], "comments": ["no"], "rejected_by": "k2"}
+
+    run.apply(
+        StepFailed(
+            execution_id=run.execution_id,
+            org_id=run.state.org_id,
+            node_id="ok",
+            error=StepError(
+                error_class=ErrorClass.APPROVAL_REJECTED,
+                message="approval rejected by k2",
+                retryable=False,
+                details=details,
+            ),
+        )
+    )
+
+    [decided] = run.of_type(ApprovalDecided)
+    assert (decided.decision, decided.comments) == ("rejected", ["no"])
+    assert run.status("ok") is S.FAILED
+    assert run.execution_status is ExecutionStatus.FAILED
+    assert run.of_type(ExecutionFailed)[0].error.error_class is ErrorClass.APPROVAL_REJECTED
+
+
 def test_escalation_then_expiry_with_on_timeout() -> None:
     run = Run(approval(on_timeout="approve"))
 
@@ -710,7 +737,22 @@ def test_map_over_something_that_is_not_a_list_fails() -> None:
 # --- sub_workflow ----------------------------------------------------------------------------
 
 
-def test_sub_workflow_requests_a_child_and_takes_its_output() -> None:
+CHILD_ID = __import__("uuid").UUID("0190f0f0-0000-7000-8000-0000000000c1")
+GRANDCHILD_ID = __import__("uuid").UUID("0190f0f0-0000-7000-8000-0000000000c2")
+BUNDLE = {
+    "child@3": WorkflowSnapshot(
+        workflow_id=CHILD_ID,
+        workflow_version=3,
+        workflow=wf({"id": "deeper", "type": "sub_workflow", "workflow": {"slug": "grandchild"}}),
+    ),
+    "child": WorkflowSnapshot(workflow_id=CHILD_ID, workflow_version=4, workflow=wf(call("c"))),
+    "grandchild": WorkflowSnapshot(
+        workflow_id=GRANDCHILD_ID, workflow_version=1, workflow=wf(call("g"))
+    ),
+}
+
+
+def test_sub_workflow_requests_a_child_with_its_bundled_snapshot_and_takes_its_output() -> None:
     run = Run(
         wf(
             {
@@ -722,6 +764,7 @@ def test_sub_workflow_requests_a_child_and_takes_its_output() -> None:
             call("after", "kid"),
         ),
         {"v": 1},
+        sub_workflows=BUNDLE,
     )
     [(topic, child)] = [(t, e) for t, e in run.last.routed() if isinstance(e, ExecutionRequested)]
 
@@ -731,14 +774,47 @@ def test_sub_workflow_requests_a_child_and_takes_its_output() -> None:
     assert child.parent is not None
     assert child.parent.node_id == "kid"
     assert child.workflow_ref == "child@3"
+    assert (child.workflow_id, child.workflow_version) == (CHILD_ID, 3)
+    assert child.workflow == BUNDLE["child@3"].workflow
+    assert child.sub_workflows == BUNDLE
     assert child.input == {"v": 1}
     assert run.state is not None
     assert run.state.node("kid").output == {"result": 9}
     assert run.status("after") is S.RUNNING
 
 
+def test_a_child_starts_its_own_child_from_the_bundle_it_was_given() -> None:
+    parent = Run(
+        wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child", "version": 3}}),
+        sub_workflows=BUNDLE,
+    )
+    [child_request] = parent.of_type(ExecutionRequested)
+
+    child = decide(None, child_request, T0)
+
+    [grandchild] = [e for e in child.emits if isinstance(e, ExecutionRequested)]
+    assert (grandchild.workflow_id, grandchild.workflow_version) == (GRANDCHILD_ID, 1)
+    assert grandchild.workflow == BUNDLE["grandchild"].workflow
+    assert grandchild.parent is not None
+    assert grandchild.parent.execution_id == child_request.execution_id
+
+
+def test_a_sub_workflow_missing_from_the_bundle_fails_the_node_without_a_child() -> None:
+    run = Run(wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "elsewhere"}}))
+
+    failed = run.of_type(ExecutionFailed)
+
+    assert run.of_type(ExecutionRequested) == []
+    assert run.status("kid") is S.FAILED
+    assert failed[0].error.error_class is ErrorClass.INVALID_REQUEST
+    assert "elsewhere" in failed[0].error.message
+
+
 def test_failed_child_fails_the_node() -> None:
-    run = Run(wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}}))
+    run = Run(
+        wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}}),
+        sub_workflows=BUNDLE,
+    )
 
     run.child_finished("kid", ExecutionStatus.FAILED)
 
@@ -916,7 +992,8 @@ def test_webhook_emit_goes_to_the_runner_with_its_event_and_payload() -> None:
 
 def test_sub_workflow_timeout_cancels_the_child() -> None:
     run = Run(
-        wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}, "timeout": "1m"})
+        wf({"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}, "timeout": "1m"}),
+        sub_workflows=BUNDLE,
     )
     assert run.state is not None
     child = run.state.node("kid").child_execution_id

@@ -31,13 +31,15 @@ async def serve(settings: Settings, stop: asyncio.Event, refs: RefSource | None 
     caller = HttpCaller(
         max_response_bytes=settings.max_response_bytes, max_connections=settings.max_in_flight
     )
-    dispatcher = WebhookDispatcher(SubscriptionStore(engine, box), settings.webhook)
+    subscriptions = SubscriptionStore(engine, box)
+    dispatcher = WebhookDispatcher(subscriptions, settings.webhook)
     handler = StepHandler(
         settings,
         ConnectionRepository(engine, box, settings.connection_cache_ttl_s),
         caller,
         BlobStore(engine),
         refs if refs is not None else RefSource.from_environ(),
+        subscriptions=subscriptions,
     )
     try:
         # bigger batches: answers are small and many; the default 16 KB makes sends wait

@@ -26,6 +26,7 @@ from cadenza_step_runner.connections import Connection, ConnectionRepository, Un
 from cadenza_step_runner.limits import ConnectionLimits
 from cadenza_step_runner.refs import RefSource, Resolver, UnresolvedReference
 from cadenza_step_runner.settings import Settings
+from cadenza_step_runner.webhooks import Subscription, SubscriptionStore
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ def scrub(value: Any, secrets: set[str]) -> Any:
     return value
 
 
+def _named(subscriptions: list[Subscription], name: str) -> Subscription | None:
+    return next((sub for sub in subscriptions if sub.name == name), None)
+
+
 class StepHandler:
     """Executes `service_call`, `compensation` and `webhook_emit` steps."""
 
@@ -82,9 +87,11 @@ class StepHandler:
         blobs: BlobStore,
         refs: RefSource,
         clock: Callable[[], float] = time.monotonic,
+        subscriptions: SubscriptionStore | None = None,
     ) -> None:
         self._settings = settings
         self._connections = connections
+        self._subscriptions = subscriptions
         self._caller = caller
         self._blobs = blobs
         self._refs = refs
@@ -117,7 +124,7 @@ class StepHandler:
         headers["Idempotency-Key"] = event.idempotency_key
         headers["traceparent"] = child_traceparent(traceparent)
         if event.node_type == "webhook_emit":
-            return self._webhook_plan(event, request, headers)
+            return await self._webhook_plan(event, request, headers, resolver)
         return await self._service_plan(event, request, headers, resolver)
 
     async def _service_plan(
@@ -158,6 +165,7 @@ class StepHandler:
         url: str,
         headers: dict[str, str],
         content: bytes | None,
+        allow_private: bool | None = None,
     ) -> Plan:
         host = urlsplit(url).hostname or url
         spec = CallSpec(
@@ -167,23 +175,42 @@ class StepHandler:
             params=request.get("query") or {},
             content=content,
             timeout_s=self._timeout(event, request, None),
-            allow_private=self._settings.allow_private_network,
+            allow_private=(
+                self._settings.allow_private_network if allow_private is None else allow_private
+            ),
         )
         return Plan(spec, host, *self._guards(event.org_id, None, host))
 
-    def _webhook_plan(
-        self, event: StepReady, request: dict[str, Any], headers: dict[str, str]
+    async def _webhook_plan(
+        self, event: StepReady, request: dict[str, Any], headers: dict[str, str],
+        resolver: Resolver,
     ) -> Plan:
-        url = request.get("url")
+        url, secret = request.get("url"), request.get("secret")
+        allow_private: bool | None = None
+        if not url and request.get("subscription"):
+            sub = await self._subscription(event, str(request["subscription"]))
+            url, secret, allow_private = sub.url, sub.secret, sub.allow_private_network
+            resolver.used_secrets.add(sub.secret)
         if not url:
-            raise InvalidRequest("webhook_emit needs a 'url'")
+            raise InvalidRequest("webhook_emit needs a 'url' or a 'subscription'")
         payload = request.get("body", request.get("payload", {}))
         content = orjson.dumps(payload)
         headers["Content-Type"] = "application/json"
-        secret = request.get("secret")
         if secret:
             headers.update(signature_headers(str(secret), event.idempotency_key, content))
-        return self._url_plan(event, request, "POST", str(url), headers, content)
+        return self._url_plan(event, request, "POST", str(url), headers, content, allow_private)
+
+    async def _subscription(self, event: StepReady, name: str) -> Subscription:
+        """The org's live webhook subscription called `name` (its URL and signing secret)."""
+        found = None
+        if self._subscriptions is not None:
+            found = _named(await self._subscriptions.live(event.org_id), name)
+            if found is None:  # created since the org's subscriptions were cached?
+                self._subscriptions.forget(event.org_id)
+                found = _named(await self._subscriptions.live(event.org_id), name)
+        if found is None:
+            raise InvalidRequest(f"no live webhook subscription named {name!r}")
+        return found
 
     def _timeout(self, event: StepReady, request: dict[str, Any], conn: Connection | None) -> float:
         timeout = float(

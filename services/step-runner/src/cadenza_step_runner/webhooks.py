@@ -51,6 +51,7 @@ class Subscription:
     event_types: frozenset[str]
     secret: str = field(repr=False)
     allow_private_network: bool = False
+    name: str | None = None
 
     def wants(self, ce_type: str) -> bool:
         """True when the subscription asked for this event type."""
@@ -120,6 +121,7 @@ class SubscriptionStore:
             event_types=frozenset(row["event_types"] or ()),
             secret=self._box.decrypt(row["secret_ciphertext"], context=f"org:{row['org_id']}"),
             allow_private_network=row["allow_private_network"],
+            name=row["name"],
         )
 
     async def delivered_already(self, sub_id: uuid.UUID, event_id: uuid.UUID) -> bool:

@@ -13,8 +13,9 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks.webhooks import Webhook
 from step_runner_stub import StubServer
-from step_runner_support import add_connection, make_handler, make_settings, ready
+from step_runner_support import BOX_SETTINGS, add_connection, make_handler, make_settings, ready
 
+from cadenza_common.crypto import SecretBox
 from cadenza_common.db import tables
 from cadenza_common.events import ErrorClass, StepFailed, StepSucceeded
 from cadenza_common.webhook_signing import generate_secret
@@ -347,3 +348,61 @@ async def test_connection_rate_limit_spaces_calls(
 
     assert all(isinstance(r, StepSucceeded) for r in results)
     assert elapsed >= 0.5  # a burst of 5, then 3 more at 5/s
+
+
+async def add_subscription(
+    engine: AsyncEngine, org_id: uuid.UUID, name: str, url: str, secret: str, **columns: object
+) -> uuid.UUID:
+    """Insert a webhook subscription as the trigger-api would (secret sealed for the org)."""
+    box = SecretBox.from_settings(BOX_SETTINGS)
+    ident = uuid.uuid4()
+    async with engine.begin() as db:
+        await db.execute(tables.webhook_subscriptions.insert().values(
+            id=ident, org_id=org_id, name=name, url=url, event_types=["customer.*"],
+            secret_ciphertext=box.encrypt(secret, context=f"org:{org_id}"),
+            allow_private_network=True, **columns))
+    return ident
+
+
+async def test_webhook_emit_to_a_named_subscription_posts_to_its_url_signed_with_its_secret(
+    engine: AsyncEngine, database_url: str, org_id: uuid.UUID, stub: StubServer
+) -> None:
+    secret = generate_secret()
+    handler = make_handler(engine, make_settings(database_url))
+    await handler.handle(ready(org_id, {"subscription": "warm-up", "event": "x"},
+                               node_type="webhook_emit"))  # caches the org's (empty) list
+    await add_subscription(engine, org_id, "customer-events", f"{stub.url}/echo/sub", secret)
+    event = ready(
+        org_id,
+        {"subscription": "customer-events", "event": "customer.onboarded",
+         "payload": {"customer_id": "c-1"}},
+        node_type="webhook_emit",
+    )
+
+    result = await handler.handle(event)
+
+    assert isinstance(result, StepSucceeded), result
+    seen = stub.state.requests_to("/echo/sub")[-1]
+    assert Webhook(secret).verify(seen.body, seen.headers) == {"customer_id": "c-1"}
+    assert seen.headers["webhook-id"] == event.idempotency_key
+    assert secret not in result.model_dump_json()
+
+
+async def test_webhook_emit_to_an_unknown_or_deleted_subscription_fails_without_retry(
+    engine: AsyncEngine, database_url: str, org_id: uuid.UUID, stub: StubServer
+) -> None:
+    handler = make_handler(engine, make_settings(database_url))
+    await add_subscription(engine, org_id, "gone", f"{stub.url}/echo/gone", generate_secret(),
+                           deleted_at=sa.func.now())
+
+    results = [
+        await handler.handle(ready(org_id, {"subscription": name, "event": "e"},
+                                   node_type="webhook_emit"))
+        for name in ("nobody", "gone")
+    ]
+
+    for result in results:
+        assert isinstance(result, StepFailed)
+        assert result.error.error_class is ErrorClass.INVALID_REQUEST
+        assert result.error.retryable is False
+    assert stub.state.requests_to("/echo/gone") == []

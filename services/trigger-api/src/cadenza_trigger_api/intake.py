@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from cadenza_common.events import WorkflowSnapshot
 from cadenza_trigger_api.ratelimit import check_limit, window_start
 
 ADMIT = """
@@ -52,6 +53,12 @@ FROM req, (VALUES (1, $9::text, $10::text, $11::bytea, $12::text),
     AS v(n, topic, key, value, headers)
 ORDER BY v.n
 RETURNING id
+"""
+
+PUBLISHED = """
+SELECT w.id, v.version, v.spec FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = COALESCE($3, w.latest_version)
+WHERE w.org_id = $1 AND w.slug = $2 AND w.status <> 'archived'
 """
 
 EXISTING = """
@@ -112,6 +119,16 @@ class Intake:
             return None
         spec: dict[str, Any] = orjson.loads(raw)
         return spec
+
+    async def published(
+        self, org_id: uuid.UUID, slug: str, version: int | None
+    ) -> WorkflowSnapshot | None:
+        """The org's workflow `slug` at `version` (None: latest), if published and not archived."""
+        row = await self._pool.fetchrow(PUBLISHED, org_id, slug, version)
+        if row is None:
+            return None
+        return WorkflowSnapshot(workflow_id=row["id"], workflow_version=row["version"],
+                                workflow=orjson.loads(row["spec"]))
 
     async def insert(self, request: list[Any], rows: list[dict[str, Any]]) -> bool:
         """Insert the request row and its outbox rows atomically; False on an externalId repeat."""

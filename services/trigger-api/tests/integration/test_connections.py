@@ -153,3 +153,22 @@ async def test_webhook_urls_must_be_http(client: httpx.AsyncClient, org: Org) ->
         "url": "file:///etc/passwd", "eventTypes": ["execution.succeeded"]})
 
     assert response.status_code == 422
+
+
+async def test_a_webhook_name_is_unique_among_the_orgs_live_subscriptions(
+    client: httpx.AsyncClient, org: Org, other_org: Org
+) -> None:
+    body = {"name": "customer-events", "url": "https://hooks.example.com/a",
+            "eventTypes": ["execution.succeeded"]}
+
+    first = await client.post("/api/webhooks", headers=org.headers(), json=body)
+    clash = await client.post("/api/webhooks", headers=org.headers(), json=body)
+    elsewhere = await client.post("/api/webhooks", headers=other_org.headers(), json=body)
+    await client.delete(f"/api/webhooks/{first.json()['id']}", headers=org.headers())
+    reused = await client.post("/api/webhooks", headers=org.headers(), json=body)
+
+    assert first.status_code == 201
+    assert first.json()["name"] == "customer-events"
+    assert clash.status_code == 409
+    assert elsewhere.status_code == 201
+    assert reused.status_code == 201

@@ -154,6 +154,15 @@ webhook_subscriptions = Table(
     Column("allow_private_network", Boolean, nullable=False, server_default=text("false")),
     Column("deleted_at", DateTime(timezone=True)),
     _created_at(),
+    # the name a workflow's `webhook_emit: {subscription: <name>}` targets (optional)
+    Column("name", String(100)),
+    Index(
+        "uq_webhook_subscriptions_org_name",
+        "org_id",
+        "name",
+        unique=True,
+        postgresql_where=text("name IS NOT NULL AND deleted_at IS NULL"),
+    ),
 )
 
 triggers = Table(

@@ -326,7 +326,10 @@ def _step_failed(p: Projection, e: ev.ExecutionEvent) -> Transition:
         return _transition(e, row, row.status)
     row = _step(p, e)
     before = row.status
-    row.status, row.error, row.finished_at = StepStatus.FAILED, error, e.occurred_at
+    # the scheduler ends a node still running at cancellation with StepFailed(cancelled)
+    cancelled = e.error.error_class == ev.ErrorClass.CANCELLED
+    status = StepStatus.CANCELLED if cancelled else StepStatus.FAILED
+    row.status, row.error, row.finished_at = status, error, e.occurred_at
     return _transition(e, row, before)
 
 

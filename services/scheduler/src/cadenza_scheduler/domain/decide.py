@@ -11,8 +11,9 @@ What the Faust shell does per record of `executions.commands` / `steps.completed
     re-index the execution's timers: decision.state.timers (timer_id, kind, due_at,
     node_id, attempt); when due, send timers.timer_fired(state, timer) to
     executions.commands (same event id every time, a stale one is ignored).
-A child ExecutionRequested (sub_workflow) has `workflow == {}` and `workflow_ref`
-(`slug` or `slug@version`): the shell loads that snapshot before publishing it.
+A child ExecutionRequested (sub_workflow) carries its snapshot, taken from the bundle
+(`ExecutionRequested.sub_workflows`) the trigger-api resolved when the root execution was
+requested; the bundle is kept in the state and passed on to every child.
 """
 
 from __future__ import annotations
@@ -167,9 +168,21 @@ def _step_failed(tx: Tx, event: Any) -> bool:
         nodes.item_failed(tx, *item, event.error)
         return True
     spec = _running_node(tx, event.node_id, event.attempt)
-    if spec is not None:
+    if isinstance(spec, HumanApprovalNode) and _is_rejection(event.error):
+        # the approvals service answers an `on_reject: fail` rejection with StepFailed and
+        # the decision in `details`: record it (ApprovalDecided) like any other decision
+        _approval_result(tx, spec, event.error.details)
+    elif spec is not None:
         outcomes.fail(tx, spec.id, event.error)
     return spec is not None
+
+
+def _is_rejection(error: StepError) -> bool:
+    return (
+        error.error_class is ErrorClass.APPROVAL_REJECTED
+        and isinstance(error.details, dict)
+        and error.details.get("decision") == "rejected"
+    )
 
 
 def _compensated(tx: Tx, key: str, attempt: int, error: StepError | None) -> bool:

@@ -3,7 +3,6 @@ wait timers, approval requests, map items and child executions."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +37,6 @@ from cadenza_scheduler.domain.tx import Tx, derived_id
 
 CALL_FIELDS = ("connection", "url", "method", "path", "query", "headers", "body")
 WEBHOOK_FIELDS = ("url", "subscription", "event", "payload")
-# The child's workflow id is unknown here; the shell resolves `workflow_ref` into it.
-CHILD_WORKFLOW_ID = uuid.UUID(int=0)
 
 
 class InlineError(Exception):
@@ -194,22 +191,30 @@ def _timer_after(
 
 def _start_sub_workflow(tx: Tx, spec: Node, attempt: int) -> None:
     assert isinstance(spec, SubWorkflowNode)
+    ref = spec.workflow
+    key = ref.slug if ref.version is None else f"{ref.slug}@{ref.version}"
+    snapshot = tx.state.sub_workflows.get(key)
+    if snapshot is None:
+        raise InlineError(
+            f"sub-workflow {key!r} was not bundled with the execution", ErrorClass.INVALID_REQUEST
+        )
     child_input = _render(tx, spec.input) if spec.input is not None else {}
     child_id = derived_id(tx.state.execution_id, f"child:{spec.id}:{attempt}")
     tx.state.node(spec.id).child_execution_id = child_id
     _scheduled(tx, spec, attempt, {"child_execution_id": str(child_id), "input": child_input})
-    ref = spec.workflow
     tx.send(
         ExecutionRequested,
         execution_id=child_id,
-        workflow_id=CHILD_WORKFLOW_ID,
-        workflow_version=ref.version or 1,
-        workflow={},
+        workflow_id=snapshot.workflow_id,
+        workflow_version=snapshot.workflow_version,
+        workflow=snapshot.workflow,
         input=child_input if isinstance(child_input, dict) else {"value": child_input},
         initiated_by=tx.state.initiated_by,
         parent=ParentRef(execution_id=tx.state.execution_id, node_id=spec.id),
         jitter_seed=tx.state.jitter_seed + attempt,
-        workflow_ref=ref.slug if ref.version is None else f"{ref.slug}@{ref.version}",
+        workflow_ref=key,
+        # the whole bundle goes on: it holds the snapshots of the child's own children too
+        sub_workflows=tx.state.sub_workflows,
     )
     seconds = duration_seconds(spec.timeout)
     if seconds:

@@ -40,6 +40,7 @@ def requested(
         initiated_by=event.initiated_by,
         parent=event.parent,
         jitter_seed=event.jitter_seed,
+        sub_workflows=event.sub_workflows,
         started_at=now,
         nodes={n.id: NodeState() for n in result.spec.nodes},
     )

@@ -20,6 +20,7 @@ from cadenza_common.events import (
     StepFailed,
     StepReady,
     StepSucceeded,
+    WorkflowSnapshot,
 )
 from cadenza_scheduler.domain.decide import Decision, decide
 from cadenza_scheduler.domain.state import ExecutionState, NodeStatus
@@ -35,8 +36,9 @@ def request(
     input: dict[str, Any] | None = None,
     execution_id: uuid.UUID | None = None,
     jitter_seed: int = 0,
+    sub_workflows: dict[str, WorkflowSnapshot] | None = None,
 ) -> ExecutionRequested:
-    """An ExecutionRequested for `workflow` with fixed ids."""
+    """An ExecutionRequested for `workflow` (and its bundled sub-workflows) with fixed ids."""
     return ExecutionRequested(
         execution_id=execution_id or uuid.UUID(int=0xC0FFEE),
         org_id=ORG,
@@ -45,6 +47,7 @@ def request(
         workflow=workflow,
         input=input or {},
         jitter_seed=jitter_seed,
+        sub_workflows=sub_workflows or {},
         occurred_at=T0,
         event_id=uuid.UUID(int=1),
     )
@@ -59,12 +62,15 @@ class Run:
         input: dict[str, Any] | None = None,
         jitter_seed: int = 0,
         now: datetime = T0,
+        sub_workflows: dict[str, WorkflowSnapshot] | None = None,
     ) -> None:
         self.now = now
         self.state: ExecutionState | None = None
         self.inputs: list[tuple[Event, datetime]] = []
         self.emits: list[Event] = []
-        self.last = self.apply(request(workflow, input, jitter_seed=jitter_seed))
+        self.last = self.apply(
+            request(workflow, input, jitter_seed=jitter_seed, sub_workflows=sub_workflows)
+        )
 
     @property
     def execution_id(self) -> uuid.UUID:

@@ -15,7 +15,14 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from cadenza_common.events import Actor, ExecutionStatus, ParentRef, StepError, TimerKind
+from cadenza_common.events import (
+    Actor,
+    ExecutionStatus,
+    ParentRef,
+    StepError,
+    TimerKind,
+    WorkflowSnapshot,
+)
 from cadenza_common.workflow import WorkflowSpec
 
 
@@ -110,6 +117,7 @@ class ExecutionState(_State):
     initiated_by: Actor = Field(default_factory=Actor)
     parent: ParentRef | None = None
     jitter_seed: int = 0
+    sub_workflows: dict[str, WorkflowSnapshot] = Field(default_factory=dict)
     status: ExecutionStatus = ExecutionStatus.RUNNING
     phase: Literal["running", "compensating", "finished"] = "running"
     started_at: datetime

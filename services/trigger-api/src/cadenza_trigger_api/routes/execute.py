@@ -18,7 +18,14 @@ import orjson
 from fastapi import APIRouter, Response
 from pydantic import Field
 
-from cadenza_common.events import AuditRecorded, ExecutionRequested, new_event_id, utcnow
+from cadenza_common.events import (
+    AuditRecorded,
+    ExecutionRequested,
+    WorkflowSnapshot,
+    new_event_id,
+    utcnow,
+)
+from cadenza_trigger_api import subworkflows
 from cadenza_trigger_api.audit import redact
 from cadenza_trigger_api.auth import Principal
 from cadenza_trigger_api.context import AppContext, Snapshot
@@ -64,10 +71,11 @@ async def execute_workflow(
     assert version is not None  # an active workflow has been published
     snapshot = await _snapshot(ctx, wf.id, version)
     check_input(snapshot.validator, body.input)
+    children = await subworkflows.bundle(ctx.intake, who.org_id, snapshot.spec)
     execution_id = new_event_id()
     # idempotency guard: on a repeated externalId the unique constraint inserts nothing
     created = await ctx.intake.insert(*_rows(ctx, who, wf, version, snapshot, body,
-                                             execution_id, now))
+                                             execution_id, now, children))
     if created:
         ctx.metrics.executions_requested.labels(wf.slug).inc()
         return _answer(execution_id, wf.id, version, body.external_id, True, now)
@@ -118,12 +126,13 @@ async def _snapshot(ctx: AppContext, workflow_id: uuid.UUID, version: int) -> Sn
 def _rows(
     ctx: AppContext, who: Principal, wf: AdmittedWorkflow, version: int, snapshot: Snapshot,
     body: ExecuteRequest, execution_id: uuid.UUID, now: datetime,
+    children: dict[str, WorkflowSnapshot],
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     requested = ExecutionRequested(
         execution_id=execution_id, org_id=who.org_id, workflow_id=wf.id,
         workflow_version=version, workflow=snapshot.spec, input=body.input,
         external_id=body.external_id, initiated_by=who.actor(),
-        jitter_seed=secrets.randbits(31), occurred_at=now,
+        jitter_seed=secrets.randbits(31), occurred_at=now, sub_workflows=children,
     )
     audited = AuditRecorded(
         org_id=who.org_id, actor=who.actor(), action="execution.requested",

@@ -10,13 +10,14 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from pydantic import Field, HttpUrl
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 
 from cadenza_common.db.tables import webhook_subscriptions
 from cadenza_common.events import new_event_id, utcnow
 from cadenza_common.webhook_signing import generate_secret
 from cadenza_trigger_api import audit
 from cadenza_trigger_api.deps import Ctx, Cursor, Editor, Limit, Reader
-from cadenza_trigger_api.errors import NotFound
+from cadenza_trigger_api.errors import Conflict, NotFound
 from cadenza_trigger_api.pagination import (
     fetch_page,
 )
@@ -27,7 +28,12 @@ router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
 EventType = Annotated[str, Field(pattern=r"^[a-z0-9*][a-z0-9_.*-]{0,99}$")]
 
 
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+
+
 class WebhookCreate(CamelModel):
+    name: Name | None = Field(
+        default=None, description="what a workflow's `webhook_emit: {subscription: ...}` names")
     url: Annotated[HttpUrl, Field(max_length=2000)]
     event_types: Annotated[list[EventType], Field(min_length=1, max_length=50)]
     allow_private_network: bool = False
@@ -35,6 +41,7 @@ class WebhookCreate(CamelModel):
 
 class WebhookOut(CamelModel):
     id: uuid.UUID
+    name: str | None = None
     url: str
     event_types: list[str]
     allow_private_network: bool
@@ -46,7 +53,7 @@ class WebhookCreated(WebhookOut):
 
 
 def _out(row: Row[Any]) -> WebhookOut:
-    return WebhookOut(id=row.id, url=row.url, event_types=row.event_types,
+    return WebhookOut(id=row.id, name=row.name, url=row.url, event_types=row.event_types,
                       allow_private_network=row.allow_private_network, created_at=row.created_at)
 
 
@@ -64,17 +71,23 @@ async def list_webhooks(ctx: Ctx, who: Reader, limit: Limit = None, cursor: Curs
 @router.post("", status_code=201, response_model=WebhookCreated)
 async def create_webhook(body: WebhookCreate, ctx: Ctx, who: Editor) -> WebhookCreated:
     secret = generate_secret()
-    async with ctx.engine.begin() as conn:
-        row = (await conn.execute(
-            webhook_subscriptions.insert().values(
-                id=new_event_id(), org_id=who.org_id, url=str(body.url),
-                event_types=body.event_types, allow_private_network=body.allow_private_network,
-                secret_ciphertext=ctx.box.encrypt(secret, context=ctx.org_context(who.org_id)),
-            ).returning(webhook_subscriptions)
-        )).one()
-        out = _out(row)
-        await audit.record(conn, ctx.topics, who, "webhook.created", ("webhook", str(row.id)),
-                           after=out.model_dump(mode="json", by_alias=True))
+    try:
+        async with ctx.engine.begin() as conn:
+            row = (await conn.execute(
+                webhook_subscriptions.insert().values(
+                    id=new_event_id(), org_id=who.org_id, name=body.name, url=str(body.url),
+                    event_types=body.event_types,
+                    allow_private_network=body.allow_private_network,
+                    secret_ciphertext=ctx.box.encrypt(secret,
+                                                      context=ctx.org_context(who.org_id)),
+                ).returning(webhook_subscriptions)
+            )).one()
+            out = _out(row)
+            await audit.record(conn, ctx.topics, who, "webhook.created",
+                               ("webhook", str(row.id)),
+                               after=out.model_dump(mode="json", by_alias=True))
+    except IntegrityError:
+        raise Conflict(f"a webhook subscription named {body.name!r} already exists") from None
     return WebhookCreated(**out.model_dump(), secret=secret)
 
 

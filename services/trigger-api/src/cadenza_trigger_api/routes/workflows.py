@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cadenza_common.db.tables import workflow_versions, workflows
 from cadenza_common.events import new_event_id, utcnow
-from cadenza_trigger_api import audit
+from cadenza_trigger_api import audit, subworkflows
 from cadenza_trigger_api.auth import Principal
 from cadenza_trigger_api.context import AppContext
 from cadenza_trigger_api.deps import Ctx, Cursor, Editor, Limit, Reader
@@ -195,6 +195,7 @@ async def publish_workflow(ref: str, ctx: Ctx, who: Editor) -> VersionOut:
             raise InvalidState("an archived workflow cannot be published")
         spec = snapshot_of(before)
         check_publishable(spec)
+        await subworkflows.check_resolvable(ctx.intake, who.org_id, spec)
         number = (before.latest_version or 0) + 1
         version = (
             await conn.execute(

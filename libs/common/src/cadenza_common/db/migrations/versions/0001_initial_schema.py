@@ -380,10 +380,18 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
+        sa.Column("name", sa.String(length=100), nullable=True),
         sa.ForeignKeyConstraint(
             ["org_id"], ["orgs.id"], name=op.f("fk_webhook_subscriptions_org_id_orgs")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_subscriptions")),
+    )
+    op.create_index(
+        "uq_webhook_subscriptions_org_name",
+        "webhook_subscriptions",
+        ["org_id", "name"],
+        unique=True,
+        postgresql_where=sa.text("name IS NOT NULL AND deleted_at IS NULL"),
     )
     op.create_table(
         "workflows",
@@ -575,6 +583,7 @@ def downgrade() -> None:
     )
     op.drop_table("approval_decisions")
     op.drop_table("workflows")
+    op.drop_index("uq_webhook_subscriptions_org_name", table_name="webhook_subscriptions")
     op.drop_table("webhook_subscriptions")
     op.drop_table("webhook_subscription_states")
     op.drop_table("webhook_deliveries")
