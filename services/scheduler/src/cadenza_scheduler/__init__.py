@@ -59,7 +59,7 @@ Retention: a finished execution gets a shell-only timer (`cadenza:retention`); w
 fires, a TimerFired with that id reaches the agent, which deletes the key (a tombstone
 in the changelog). decide() never sees that timer id.
 
-Not covered here: `sub_workflow` children whose ExecutionRequested carries only a
-`workflow_ref` (loading that workflow version needs the database; the shell passes the
-event on as decide() emits it).
+Sub-workflows: the trigger-api attaches every referenced workflow's snapshot to the
+ExecutionRequested (`sub_workflows`, resolved recursively at execute time); decide() keeps
+that bundle in the state and starts children from it, so the scheduler needs no database.
 """
