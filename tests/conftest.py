@@ -8,10 +8,8 @@ traceback).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from system_harness import System
 from system_stub import StubServer
 
-from cadenza_common.db import upgrade
 from cadenza_devstack.pytest_plugin import (
-    _admin_dsn,
-    _execute,
     delete_prefixed_topics,
+    fresh_database,
     new_kafka_settings,
 )
 from cadenza_devstack.stack import StackInfo
@@ -43,13 +39,8 @@ def stub() -> Iterator[StubServer]:
 @pytest.fixture(scope="session")
 def system_database(devstack: StackInfo) -> Iterator[str]:
     """A migrated database of the system's own (other suites' sinks never write here)."""
-    name = f"cadenza_e2e_{uuid.uuid4().hex[:12]}"
-    admin = _admin_dsn(devstack.database_url)
-    asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
-    url = devstack.database_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database(devstack, "cadenza_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

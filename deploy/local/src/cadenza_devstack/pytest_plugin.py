@@ -10,6 +10,7 @@ so sessions never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -104,13 +105,22 @@ def topics(kafka_settings: KafkaSettings) -> Topics:
 @pytest.fixture(scope="session")
 def database_url(devstack: StackInfo) -> Iterator[str]:
     """A fresh database of this session's own, migrated to head; dropped afterwards."""
-    name = f"cadenza_test_{uuid.uuid4().hex[:12]}"
+    with fresh_database(devstack, "cadenza_test") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(devstack: StackInfo, prefix: str) -> Iterator[str]:
+    """Create `<prefix>_<random>` on the stack's server, migrate it, drop it on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = _admin_dsn(devstack.database_url)
     asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
-    url = devstack.database_url.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        url = devstack.database_url.rsplit("/", 1)[0] + f"/{name}"
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _admin_dsn(url: str) -> str:
