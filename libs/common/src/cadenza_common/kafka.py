@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -181,6 +181,26 @@ async def consumer(
         await cons.stop()
 
 
+def dead_letter_headers(
+    headers: Iterable[tuple[str, bytes]] | None,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    consumer_name: str,
+) -> Headers:
+    """A record's headers for the DLQ: its own (minus earlier `dlq_*`) plus why and whence."""
+    out: Headers = [(k, v) for k, v in (headers or ()) if not k.startswith("dlq_")]
+    out += [
+        ("dlq_reason", reason[:4000].encode()),
+        ("dlq_topic", topic.encode()),
+        ("dlq_partition", str(partition).encode()),
+        ("dlq_offset", str(offset).encode()),
+        ("dlq_consumer", consumer_name.encode()),
+    ]
+    return out
+
+
 class DeadLetters:
     """Sends records no consumer can handle to the `dlq` topic with the reason and origin."""
 
@@ -191,14 +211,10 @@ class DeadLetters:
 
     async def send(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
         """Publish `record` unchanged to the DLQ, with `dlq_*` headers saying why and whence."""
-        headers: Headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
-        headers += [
-            ("dlq_reason", reason[:4000].encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-            ("dlq_consumer", self._consumer_name.encode()),
-        ]
+        headers = dead_letter_headers(
+            record.headers, reason, record.topic, record.partition, record.offset,
+            self._consumer_name,
+        )
         log.warning(
             "record sent to dlq",
             extra={"topic": record.topic, "partition": record.partition, "reason": reason},
@@ -314,6 +330,7 @@ __all__ = [
     "UnhandleableRecord",
     "consume_forever",
     "consumer",
+    "dead_letter_headers",
     "decode",
     "encode",
     "ensure_topics",

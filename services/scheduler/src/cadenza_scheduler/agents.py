@@ -23,7 +23,7 @@ from cadenza_common.events import (
     TimerKind,
     Topics,
 )
-from cadenza_common.kafka import PoisonRecord, decode, encode
+from cadenza_common.kafka import PoisonRecord, dead_letter_headers, decode, encode
 from cadenza_scheduler import codec
 from cadenza_scheduler.codec import Stored
 from cadenza_scheduler.domain import ExecutionState, decide, timer_fired, topic_for
@@ -268,14 +268,22 @@ class Shell:
 
     async def send_events(self, events: Sequence[Event]) -> None:
         """Send events to their topics keyed by execution id; return once all are acknowledged."""
+
+        async def send_all() -> None:
+            pending = []
+            for event in events:
+                msg = encode(event, source=self.source)
+                topic = self.topics.name(topic_for(event))
+                pending.append(await self._send(topic, msg.key, msg.value, msg.headers))
+            await asyncio.gather(*pending)
+
+        await self._retrying(send_all)
+
+    async def _retrying(self, send: Callable[[], Awaitable[None]]) -> None:
+        """Run `send` until it succeeds, backing off; raise after `send_attempts` failures."""
         for attempt in range(1, self.send_attempts + 1):
             try:
-                pending = []
-                for event in events:
-                    msg = encode(event, source=self.source)
-                    topic = self.topics.name(topic_for(event))
-                    pending.append(await self._send(topic, msg.key, msg.value, msg.headers))
-                await asyncio.gather(*pending)
+                await send()
                 return
             except Exception:
                 if attempt == self.send_attempts:
@@ -284,26 +292,21 @@ class Shell:
                 await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
-        """Publish the record unchanged to the DLQ with the `dlq_*` headers of DeadLetters."""
+        """Publish the record unchanged to the DLQ with the headers `DeadLetters` sends."""
         self.metrics.events.labels("dlq").inc()
         log.warning("record sent to dlq", extra={"topic": record.topic, "reason": reason})
-        out = [(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")]
-        out += [
-            ("dlq_reason", reason[:4000].encode()),
-            ("dlq_topic", record.topic.encode()),
-            ("dlq_partition", str(record.partition).encode()),
-            ("dlq_offset", str(record.offset).encode()),
-            ("dlq_consumer", self.consumer_name.encode()),
-        ]
-        for attempt in range(1, self.send_attempts + 1):
-            try:
-                await (await self._send(self.topics.dlq, record.key, record.value, out))
-                return
-            except Exception:
-                if attempt == self.send_attempts:
-                    log.exception("dlq send failed; record dropped", extra={"topic": record.topic})
-                    return
-                await asyncio.sleep(min(0.1 * 2**attempt, 5.0))
+        out = dead_letter_headers(
+            record.headers, reason, record.topic, record.partition, record.offset,
+            self.consumer_name,
+        )
+
+        async def send() -> None:
+            await (await self._send(self.topics.dlq, record.key, record.value, out))
+
+        try:
+            await self._retrying(send)
+        except Exception:
+            log.exception("dlq send failed; record dropped", extra={"topic": record.topic})
 
     # --- partitions and timers -------------------------------------------------------------
 

@@ -138,17 +138,20 @@ def schedulers(
 Answer = Callable[[ev.StepReady], list[ev.Event] | None]
 
 
+def succeeded(ready: ev.StepReady, output: Any) -> ev.StepSucceeded:
+    """The runner's answer that `ready`'s attempt succeeded with `output`."""
+    return ev.StepSucceeded(
+        execution_id=ready.execution_id,
+        org_id=ready.org_id,
+        node_id=ready.node_id,
+        attempt=ready.attempt,
+        output=output,
+    )
+
+
 def succeed(ready: ev.StepReady) -> list[ev.Event]:
     """The default runner: every call succeeds with its node id as output."""
-    return [
-        ev.StepSucceeded(
-            execution_id=ready.execution_id,
-            org_id=ready.org_id,
-            node_id=ready.node_id,
-            attempt=ready.attempt,
-            output={"node": ready.node_id},
-        )
-    ]
+    return [succeeded(ready, {"node": ready.node_id})]
 
 
 @dataclass

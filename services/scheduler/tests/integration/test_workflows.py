@@ -18,7 +18,7 @@ from cadenza_common import events as ev
 from cadenza_common.kafka import send_event
 from cadenza_common.workflow import load_workflow_text
 
-from .conftest import ORG, Harness, SchedulerProcess, call, workflow
+from .conftest import ORG, Harness, SchedulerProcess, call, succeeded, workflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -39,15 +39,7 @@ def answering(outputs: dict[str, Any]) -> Callable[[ev.StepReady], list[ev.Event
     """A runner answering each node with its output in `outputs` (default: `{}`)."""
 
     def answer(ready: ev.StepReady) -> list[ev.Event]:
-        return [
-            ev.StepSucceeded(
-                execution_id=ready.execution_id,
-                org_id=ready.org_id,
-                node_id=ready.node_id,
-                attempt=ready.attempt,
-                output=outputs.get(ready.node_id, {}),
-            )
-        ]
+        return [succeeded(ready, outputs.get(ready.node_id, {}))]
 
     return answer
 
