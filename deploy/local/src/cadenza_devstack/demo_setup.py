@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from cadenza_common.workflow import load_workflow_text
-from cadenza_devstack.state import REPO_ROOT, port_open
+from cadenza_devstack.state import REPO_ROOT, load_json_fields, port_open
 from cadenza_devstack.supervisor import service_port
 
 ONBOARDING = REPO_ROOT / "examples" / "onboarding.yaml"
@@ -37,11 +37,7 @@ class DemoState:
 
     @classmethod
     def load(cls, directory: Path) -> DemoState:
-        path = directory / "demo.json"
-        if not path.exists():
-            return cls()
-        data = json.loads(path.read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return load_json_fields(cls, directory / "demo.json")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 
@@ -20,6 +21,18 @@ def state_dir() -> Path:
     """The state directory: `CADENZA_STATE_DIR` or `<repo>/.cadenza`."""
     configured = os.environ.get("CADENZA_STATE_DIR")
     return Path(configured).resolve() if configured else REPO_ROOT / ".cadenza"
+
+
+T = TypeVar("T")
+
+
+def load_json_fields(cls: type[T], path: Path) -> T:
+    """A dataclass from the JSON file at `path` (defaults when missing; unknown keys dropped)."""
+    if not path.exists():
+        return cls()
+    data = json.loads(path.read_text())
+    names = {f.name for f in fields(cast(Any, cls))}
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def free_port() -> int:
@@ -71,11 +84,7 @@ class StackState:
 
     @classmethod
     def load(cls, directory: Path) -> StackState:
-        path = directory / "stack.json"
-        if not path.exists():
-            return cls()
-        data = json.loads(path.read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return load_json_fields(cls, directory / "stack.json")
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
