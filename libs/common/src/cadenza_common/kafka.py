@@ -163,8 +163,13 @@ async def send_event(
 async def consumer(
     settings: KafkaSettings, topics: Sequence[str], group_id: str, **overrides: Any
 ) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer with manual commits (`enable_auto_commit=False`), earliest offset reset."""
+    """A consumer with manual commits (`enable_auto_commit=False`), earliest offset reset.
+
+    Metadata is refreshed every 30 s (aiokafka's default is 5 min), so a subscribed
+    topic created after the consumer joined is picked up soon.
+    """
     options: dict[str, Any] = {
+        "metadata_max_age_ms": 30_000,
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,
         "group_id": group_id,
@@ -300,9 +305,37 @@ async def ensure_topics(
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:
                 log.info("topics created concurrently", extra={"topics": missing})
+            await _until_led(admin, missing, settings.partitions)
         return missing
     finally:
         await admin.close()
+
+
+async def _until_led(
+    admin: AIOKafkaAdminClient, names: list[str], partitions: int, timeout_s: float = 30.0
+) -> None:
+    """Wait until the broker's metadata shows every partition of `names` with a leader.
+
+    CreateTopics returns before the brokers' metadata caches have the new topics. A
+    consumer that joins its group in that gap is assigned nothing for them and only
+    notices at its next metadata refresh (minutes later), so creation is not done
+    until the topics can be read and written.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        led = {
+            t["topic"]
+            for t in described
+            if t["error_code"] == 0
+            and len(t["partitions"]) >= partitions
+            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
+        }
+        if led >= set(names):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout_s} s: {set(names) - led}")
+        await asyncio.sleep(0.1)
 
 
 async def _admin(settings: KafkaSettings, attempts: int) -> AIOKafkaAdminClient:
