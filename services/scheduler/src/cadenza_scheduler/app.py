@@ -87,6 +87,9 @@ def create_app(settings: Settings) -> Scheduler:
         topic_disable_leader=True,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # Faust's default (16 KiB) holds two or three states: a batch's changelog writes
+        # then go out as many small requests.
+        producer_max_batch_size=256 * 1024,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         web_enabled=True,

@@ -942,6 +942,30 @@ def test_state_survives_dump_and_load_and_reuses_the_parsed_spec() -> None:
     assert decide(first, run.inputs[0][0], T0).emits == []
 
 
+def test_executions_of_one_snapshot_share_one_spec_and_one_graph() -> None:
+    from cadenza_scheduler.domain import dump_state, load_state
+    from cadenza_scheduler.domain.graph import graph_of
+
+    first, second = Run(wf(call("a"), call("b", "a"))), Run(wf(call("a"), call("b", "a")))
+    other = Run(wf(call("a"), call("c", "a")))
+    assert first.state is not None
+    assert second.state is not None
+    assert other.state is not None
+
+    assert first.state.spec is second.state.spec
+    assert graph_of(first.state.spec) is graph_of(second.state.spec)
+    assert other.state.spec is not first.state.spec
+    assert load_state(dump_state(second.state)).spec is first.state.spec
+
+
+def test_an_invalid_snapshot_is_refused_every_time_it_comes() -> None:
+    for _ in range(2):
+        run = Run(wf(call("a", "missing")))
+
+        assert run.state is None
+        assert [type(e).__name__ for e in run.emits] == ["ExecutionStarted", "ExecutionFailed"]
+
+
 def test_a_trigger_value_cannot_smuggle_a_secret_reference_to_the_runner() -> None:
     from cadenza_common.templating import resolve_runner_refs
 

@@ -15,8 +15,8 @@ from cadenza_common.events import (
     StepError,
     TimerKind,
 )
-from cadenza_common.workflow import duration_seconds, validate_workflow
-from cadenza_scheduler.domain.state import ExecutionState, NodeState
+from cadenza_common.workflow import duration_seconds
+from cadenza_scheduler.domain.state import ExecutionState, NodeState, validated_spec
 from cadenza_scheduler.domain.tx import Tx, derived_id
 
 
@@ -26,7 +26,7 @@ def requested(
     """Start the execution (history + first ready nodes), or fail it when the spec is invalid."""
     from cadenza_scheduler.domain.decide import advance
 
-    result = validate_workflow(event.workflow)
+    result = validated_spec(event.workflow)
     if result.spec is None:
         problems = "; ".join(f"{e.path}: {e.message}" for e in result.errors[:5])
         return None, _refused(event, now, f"invalid workflow snapshot: {problems}")

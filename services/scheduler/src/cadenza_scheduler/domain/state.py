@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from cadenza_common.events import (
     TimerKind,
     WorkflowSnapshot,
 )
-from cadenza_common.workflow import WorkflowSpec
+from cadenza_common.workflow import ValidationResult, WorkflowSpec, validate_workflow
 
 
 class NodeStatus(StrEnum):
@@ -187,15 +188,76 @@ class ExecutionState(_State):
 
 # --- serialisation for the shell's table ----------------------------------------------------
 
-_SPECS: dict[str, WorkflowSpec] = {}
-_MAX_SPECS = 256
+
+class _SpecJson:
+    """Each distinct spec once: parsed specs by content key, and each spec's JSON by object.
+
+    Every state of a workflow version shares one `WorkflowSpec` object (see `intern_spec`),
+    so its JSON is rendered once and spliced into every write (`orjson.Fragment`), and the
+    graph cache (keyed by spec object) hits for every execution of that version.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self.by_key: dict[str, WorkflowSpec] = {}
+        self.by_object: dict[int, tuple[WorkflowSpec, str, orjson.Fragment]] = {}
+
+    def rendered(self, spec: WorkflowSpec) -> tuple[str, orjson.Fragment]:
+        """The spec's content key and JSON."""
+        hit = self.by_object.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1], hit[2]
+        raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        key = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        self._bound(self.by_object)
+        self.by_object[id(spec)] = (spec, key, orjson.Fragment(raw))
+        return key, orjson.Fragment(raw)
+
+    def parsed(self, key: str | None, doc: Any) -> WorkflowSpec:
+        """The spec with content key `key` (parsing `doc` only when it is new)."""
+        spec = self.by_key.get(key) if isinstance(key, str) else None
+        if spec is None:
+            spec = WorkflowSpec.model_validate(doc)
+            if isinstance(key, str):
+                self.remember(key, spec)
+        return spec
+
+    def remember(self, key: str, spec: WorkflowSpec) -> None:
+        self._bound(self.by_key)
+        self.by_key[key] = spec
+
+    def _bound(self, cache: dict[Any, Any]) -> None:
+        if len(cache) >= self._capacity:
+            cache.pop(next(iter(cache)))
+
+
+_SPECS = _SpecJson()
+
+
+def validated_spec(workflow: Mapping[str, Any]) -> ValidationResult:
+    """`validate_workflow(workflow)`, once per distinct snapshot; valid specs are shared.
+
+    Validation is pure, so a snapshot seen before (by content) gives the same spec object
+    back: every execution of a workflow version then shares it.
+    """
+    raw = orjson.dumps(workflow, option=orjson.OPT_SORT_KEYS)
+    digest = "snapshot:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    spec = _SPECS.by_key.get(digest)
+    if spec is not None:
+        return ValidationResult(spec=spec)
+    result = validate_workflow(workflow)
+    if result.spec is not None:
+        key, _ = _SPECS.rendered(result.spec)
+        spec = _SPECS.by_key.setdefault(key, result.spec)
+        _SPECS.remember(digest, spec)
+        result = ValidationResult(spec=spec)
+    return result
 
 
 def dump_state(state: ExecutionState) -> bytes:
     """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec."""
-    doc = state.model_dump(mode="json")
-    spec_json = orjson.dumps(doc["spec"], option=orjson.OPT_SORT_KEYS)
-    doc["spec_key"] = hashlib.blake2b(spec_json, digest_size=16).hexdigest()
+    doc = state.model_dump(mode="json", exclude={"spec"})
+    doc["spec_key"], doc["spec"] = _SPECS.rendered(state.spec)
     return orjson.dumps(doc)
 
 
@@ -206,13 +268,5 @@ def load_state(data: bytes) -> ExecutionState:
         pydantic.ValidationError: when the bytes are not a valid state.
     """
     doc = orjson.loads(data)
-    key = doc.pop("spec_key", None)
-    spec = _SPECS.get(key) if isinstance(key, str) else None
-    if spec is None:
-        spec = WorkflowSpec.model_validate(doc["spec"])
-        if isinstance(key, str):
-            if len(_SPECS) >= _MAX_SPECS:
-                _SPECS.clear()
-            _SPECS[key] = spec
-    doc["spec"] = spec
+    doc["spec"] = _SPECS.parsed(doc.pop("spec_key", None), doc["spec"])
     return ExecutionState.model_validate(doc)
