@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cadenza_common.crypto import SecretBox
 from cadenza_common.events import Topics
 from cadenza_trigger_api.auth import Authenticator, KeyHasher
-from cadenza_trigger_api.intake import Intake
+from cadenza_trigger_api.intake import AdmittedWorkflow, Intake
 from cadenza_trigger_api.metrics import Metrics
 from cadenza_trigger_api.settings import Settings
 
@@ -24,6 +24,7 @@ class Snapshot:
 
     spec: dict[str, Any]
     validator: Validator | None
+    has_sub_workflows: bool = False
 
 
 @dataclass
@@ -40,6 +41,8 @@ class AppContext:
     intake: Intake
     metrics: Metrics
     snapshots: dict[tuple[Any, int], Snapshot] = field(default_factory=dict)
+    # (org, ref) -> the workflow an execute found; checked again by every later execute
+    workflows: dict[tuple[Any, str], AdmittedWorkflow] = field(default_factory=dict)
 
     def page_size(self, limit: int | None) -> int:
         """The page size to use for a requested `limit`."""

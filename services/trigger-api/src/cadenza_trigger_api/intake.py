@@ -5,6 +5,12 @@ window and fetch the workflow, (2) insert the request row and its outbox rows to
 (a data-modifying CTE, so they commit atomically), (3) only on an `externalId` repeat,
 read the first execution. The pool skips asyncpg's per-release reset because these
 statements leave no session state behind.
+
+When the route already knows the workflow and its snapshot (from an earlier request),
+(1) and (2) are ONE statement (`ADMIT_AND_INSERT`): it counts the request, checks that
+the workflow is still active at the expected version, and inserts only then. A workflow
+paused, archived or republished since makes it insert nothing and report it, and the
+route takes the two-statement way (without counting the request twice).
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from cadenza_trigger_api.ratelimit import check_limit, window_start
 
 ADMIT = """
 WITH rl AS (
-    INSERT INTO rate_limit_windows (org_id, window_start, count) VALUES ($1, $2, 1)
-    ON CONFLICT (org_id, window_start) DO UPDATE SET count = rate_limit_windows.count + 1
+    INSERT INTO rate_limit_windows (org_id, window_start, count) VALUES ($1, $2, $5)
+    ON CONFLICT (org_id, window_start) DO UPDATE SET count = rate_limit_windows.count + $5
     RETURNING count
 )
 SELECT rl.count, o.executions_per_minute AS lim, w.id, w.slug, w.status, w.latest_version
@@ -55,6 +61,39 @@ ORDER BY v.n
 RETURNING id
 """
 
+# $1-$16 as in INSERT; $17 the rate-limit window, $18 whether the version was pinned
+ADMIT_AND_INSERT = """
+WITH rl AS (
+    INSERT INTO rate_limit_windows (org_id, window_start, count) VALUES ($2, $17, 1)
+    ON CONFLICT (org_id, window_start) DO UPDATE SET count = rate_limit_windows.count + 1
+    RETURNING count
+), head AS (
+    SELECT rl.count, o.executions_per_minute AS lim,
+           coalesce(w.status = 'active' AND ($18::boolean OR w.latest_version = $4::int), false)
+               AS current
+    FROM rl CROSS JOIN orgs o
+    LEFT JOIN workflows w ON w.id = $3::uuid AND w.org_id = $2::uuid
+    WHERE o.id = $2::uuid
+), req AS (
+    INSERT INTO execution_requests
+        (id, org_id, workflow_id, workflow_version, external_id, input, requested_by, created_at)
+    SELECT $1::uuid, $2::uuid, $3::uuid, $4::int, $5::text, $6::jsonb, $7::text,
+           $8::timestamptz
+    FROM head WHERE head.current AND head.count <= head.lim
+    ON CONFLICT (org_id, workflow_id, external_id) DO NOTHING
+    RETURNING id
+), out AS (
+    INSERT INTO outbox (topic, key, value, headers, created_at)
+    SELECT v.topic, v.key, v.value, v.headers::jsonb, $8::timestamptz
+    FROM req, (VALUES (1, $9::text, $10::text, $11::bytea, $12::text),
+                      (2, $13::text, $14::text, $15::bytea, $16::text))
+        AS v(n, topic, key, value, headers)
+    ORDER BY v.n
+    RETURNING id
+)
+SELECT head.count, head.lim, head.current, EXISTS (SELECT 1 FROM req) AS created FROM head
+"""
+
 PUBLISHED = """
 SELECT w.id, v.version, v.spec FROM workflows w
 JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = COALESCE($3, w.latest_version)
@@ -65,6 +104,16 @@ EXISTING = """
 SELECT id, workflow_version, created_at FROM execution_requests
 WHERE org_id = $1 AND workflow_id = $2 AND external_id = $3
 """
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What `ADMIT_AND_INSERT` did: the window's count, whether the workflow was current."""
+
+    count: int
+    limit: int
+    current: bool
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -95,8 +144,13 @@ class Intake:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def admit(self, org_id: uuid.UUID, ref: str, now: datetime) -> AdmittedWorkflow | None:
+    async def admit(
+        self, org_id: uuid.UUID, ref: str, now: datetime, *, counted: bool = False
+    ) -> AdmittedWorkflow | None:
         """Count the request against the org's limit and find the workflow (None if absent).
+
+        Args:
+            counted: the request was counted already (by `admit_and_insert`).
 
         Raises:
             RateLimited: past the org's executions per minute.
@@ -106,7 +160,7 @@ class Intake:
         except ValueError:
             ref_id = None
         start = window_start(now)
-        row = await self._pool.fetchrow(ADMIT, org_id, start, ref_id, ref)
+        row = await self._pool.fetchrow(ADMIT, org_id, start, ref_id, ref, 0 if counted else 1)
         check_limit(row["count"], row["lim"], start, now)
         if row["id"] is None:
             return None
@@ -132,10 +186,25 @@ class Intake:
 
     async def insert(self, request: list[Any], rows: list[dict[str, Any]]) -> bool:
         """Insert the request row and its outbox rows atomically; False on an externalId repeat."""
-        args = list(request)
-        for row in rows:
-            args += [row["topic"], row["key"], row["value"], orjson.dumps(row["headers"]).decode()]
-        return bool(await self._pool.fetch(INSERT, *args))
+        return bool(await self._pool.fetch(INSERT, *_insert_args(request, rows)))
+
+    async def admit_and_insert(
+        self, request: list[Any], rows: list[dict[str, Any]], now: datetime, pinned: bool
+    ) -> Admission | None:
+        """Count the request and, if the workflow is still active at the request's version
+        and the org is within its limit, insert it with its outbox rows (one statement).
+
+        Returns None when the org is gone. Raises:
+            RateLimited: past the org's executions per minute (nothing inserted).
+        """
+        start = window_start(now)
+        row = await self._pool.fetchrow(
+            ADMIT_AND_INSERT, *_insert_args(request, rows), start, pinned
+        )
+        if row is None:
+            return None
+        check_limit(row["count"], row["lim"], start, now)
+        return Admission(row["count"], row["lim"], row["current"], row["created"])
 
     async def existing(
         self, org_id: uuid.UUID, workflow_id: uuid.UUID, external_id: str
@@ -144,3 +213,11 @@ class Intake:
         record: asyncpg.Record | None = await self._pool.fetchrow(
             EXISTING, org_id, workflow_id, external_id)
         return record
+
+
+def _insert_args(request: list[Any], rows: list[dict[str, Any]]) -> list[Any]:
+    """$1-$16 of `INSERT` and `ADMIT_AND_INSERT`: the request row, then each outbox row."""
+    args = list(request)
+    for row in rows:
+        args += [row["topic"], row["key"], row["value"], orjson.dumps(row["headers"]).decode()]
+    return args

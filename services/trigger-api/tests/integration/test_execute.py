@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from cadenza_common.db.tables import outbox
-from cadenza_common.events import Event, ExecutionRequested
+from cadenza_common.events import Event, ExecutionRequested, utcnow
 from cadenza_common.settings import KafkaSettings
 from cadenza_trigger_api.auth import Role
 from cadenza_trigger_api.context import AppContext
@@ -154,6 +154,57 @@ async def test_rate_limit_answers_429_with_retry_after_past_the_limit(
     assert [r.status_code for r in codes] == [202, 202, 202, 429]
     assert codes[-1].json()["type"] == "https://cadenza.dev/problems/rate-limited"
     assert 1 <= int(codes[-1].headers["retry-after"]) <= 60
+
+
+async def test_a_workflow_executed_before_is_checked_again_on_every_execute(
+    client: httpx.AsyncClient, org: Org, publish: Publish, ctx: AppContext
+) -> None:
+    await publish(org, "warm")
+    body = {"input": {"customer": "c"}}
+
+    async def execute() -> httpx.Response:
+        return await client.post("/api/workflows/warm/execute", headers=org.headers(), json=body)
+
+    first, second = await execute(), await execute()
+    known = (org.id, "warm") in ctx.workflows
+    await client.post("/api/workflows/warm/pause", headers=org.headers())
+    paused = await execute()
+    await client.post("/api/workflows/warm/resume", headers=org.headers())
+    resumed = await execute()
+    await client.post("/api/workflows/warm/publish", headers=org.headers())
+    republished = await execute()
+    await client.post("/api/workflows/warm/archive", headers=org.headers())
+    archived = await execute()
+
+    assert known
+    assert [r.status_code for r in (first, second, paused, resumed, republished, archived)] == [
+        202, 202, 409, 202, 202, 409]
+    assert [r.json()["workflowVersion"] for r in (first, second, resumed, republished)] == [
+        1, 1, 1, 2]
+
+
+async def test_a_request_that_finds_the_workflow_changed_is_counted_once(
+    client: httpx.AsyncClient, make_org: MakeOrg, publish: Publish
+) -> None:
+    org = await make_org(executions_per_minute=3)
+    await publish(org, "rl2")
+    body = {"input": {"customer": "c"}}
+
+    async def execute() -> int:
+        response = await client.post("/api/workflows/rl2/execute", headers=org.headers(),
+                                     json=body)
+        return response.status_code
+
+    for attempt in range(2):  # a run that straddles a minute starts a new window: run again
+        minute = utcnow().minute
+        codes = [await execute(), await execute()]
+        await client.post("/api/workflows/rl2/publish", headers=org.headers())
+        codes += [await execute(), await execute()]
+        if utcnow().minute == minute or attempt == 1:
+            break
+        await asyncio.sleep(1)
+
+    assert codes == [202, 202, 202, 429]
 
 
 @pytest.mark.parametrize(("role", "status"), [

@@ -40,6 +40,7 @@ from cadenza_trigger_api.wire import CamelModel
 router = APIRouter(prefix="/api/workflows", tags=["executions"])
 
 SNAPSHOT_CACHE_MAX = 1000
+WORKFLOW_CACHE_MAX = 1000
 
 class ExecuteRequest(CamelModel):
     input: dict[str, Any] = Field(default_factory=dict)
@@ -63,7 +64,10 @@ async def execute_workflow(
     ref: str, body: ExecuteRequest, response: Response, ctx: Ctx, who: Executor
 ) -> ExecuteResponse:
     now = utcnow()
-    wf = await ctx.intake.admit(who.org_id, ref, now)
+    known, counted = await _execute_known(ctx, who, ref, body, response, now)
+    if known is not None:
+        return known
+    wf = await ctx.intake.admit(who.org_id, ref, now, counted=counted)
     if wf is None:
         raise NotFound(f"workflow {ref!r} not found")
     _check_executable(wf.status)
@@ -76,6 +80,52 @@ async def execute_workflow(
     # idempotency guard: on a repeated externalId the unique constraint inserts nothing
     created = await ctx.intake.insert(*_rows(ctx, who, wf, version, snapshot, body,
                                              execution_id, now, children))
+    _remember(ctx, who, ref, wf)
+    return await _outcome(ctx, who, wf, version, body, response, execution_id, now, created)
+
+
+async def _execute_known(
+    ctx: AppContext, who: Principal, ref: str, body: ExecuteRequest, response: Response,
+    now: datetime,
+) -> tuple[ExecuteResponse | None, bool]:
+    """One statement for a workflow this replica has executed before (see `intake`).
+
+    Returns the answer and whether the request was counted against the rate limit. No
+    answer when the workflow is not known here, needs sub-workflows bundled, or changed
+    since (paused, archived, republished): then the caller takes the full way.
+    """
+    wf = ctx.workflows.get((who.org_id, ref))
+    if wf is None:
+        return None, False
+    version = body.version or wf.latest_version
+    assert version is not None
+    snapshot = ctx.snapshots.get((wf.id, version))
+    if snapshot is None or snapshot.has_sub_workflows:
+        return None, False
+    check_input(snapshot.validator, body.input)
+    execution_id = new_event_id()
+    admitted = await ctx.intake.admit_and_insert(
+        *_rows(ctx, who, wf, version, snapshot, body, execution_id, now, {}), now,
+        pinned=body.version is not None,
+    )
+    if admitted is None or not admitted.current:
+        ctx.workflows.pop((who.org_id, ref), None)
+        return None, admitted is not None
+    return await _outcome(ctx, who, wf, version, body, response, execution_id, now,
+                          admitted.created), True
+
+
+def _remember(ctx: AppContext, who: Principal, ref: str, wf: AdmittedWorkflow) -> None:
+    if len(ctx.workflows) >= WORKFLOW_CACHE_MAX:
+        ctx.workflows.clear()
+    ctx.workflows[(who.org_id, ref)] = wf
+
+
+async def _outcome(
+    ctx: AppContext, who: Principal, wf: AdmittedWorkflow, version: int, body: ExecuteRequest,
+    response: Response, execution_id: uuid.UUID, now: datetime, created: bool,
+) -> ExecuteResponse:
+    """202 with the new execution, or 200 with the first one of a repeated externalId."""
     if created:
         ctx.metrics.executions_requested.labels(wf.slug).inc()
         return _answer(execution_id, wf.id, version, body.external_id, True, now)
@@ -119,7 +169,8 @@ async def _snapshot(ctx: AppContext, workflow_id: uuid.UUID, version: int) -> Sn
         raise NotFound(f"the workflow has no version {version}")
     if len(ctx.snapshots) >= SNAPSHOT_CACHE_MAX:
         ctx.snapshots.clear()
-    snapshot = ctx.snapshots[key] = Snapshot(spec, input_validator(spec))
+    has_sub_workflows = next(subworkflows.references(spec), None) is not None
+    snapshot = ctx.snapshots[key] = Snapshot(spec, input_validator(spec), has_sub_workflows)
     return snapshot
 
 
