@@ -39,8 +39,9 @@ from cadenza_trigger_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Routes are matched in order: the hot path first (no other route shares its paths).
 ROUTERS = [
-    workflows.router, execute.router, executions.router, approvals.router, api_keys.router,
+    execute.router, workflows.router, executions.router, approvals.router, api_keys.router,
     audit_log.router, connections.router, catalog.router, webhooks.router, health.router,
 ]
 
