@@ -10,11 +10,13 @@ Guarantees we rely on, and why they hold:
 
 - At-least-once input, no Kafka transactions (faust's EOS has open bugs #517/#323).
   Faust commits a source offset only after the agent finished the record (the stream
-  acks it when the next one is taken). We do NOT rely on Faust's commit-time flush to
-  put table writes on the broker: it gives up on its producer buffer after 0.1 s. The
-  table class (`app.DurableTable`) keeps the future of each key's last changelog write
-  and the shell awaits it before sending anything the new state caused, so a committed
-  offset, or any event a runner could answer, implies the state behind it is durable.
+  acks it when the next one is taken). We do NOT use Faust's changelog path: its producer
+  buffer is drained one record per event-loop turn (40-60 ms per write under load) and
+  its commit-time flush gives up after 0.1 s. The table class (`app.DurableTable`) only
+  marks changed keys dirty; the shell calls `persist(keys)`, which sends the dirty values
+  to the changelog at once and returns when the broker has them, before sending anything
+  the new states caused. So a committed offset, or any event a runner could answer,
+  implies the state behind it is durable.
 - Partitions taken over without a committed offset are rewound to their beginning before
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
@@ -33,9 +35,12 @@ No lost emits across a crash (the outbox). The agent takes records in batches
 each batch:
   1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
      outbox accumulates when a batch holds several records of one execution);
-  2. wait until those changelog writes are on the broker (one round trip per batch);
+  2. `persist` those keys: their changelog writes are on the broker (one round trip per
+     batch);
   3. send every emit, in order, and wait for the broker's acknowledgements;
-  4. `table[key] = {state: new, outbox: []}`.
+  4. `table[key] = {state: new, outbox: []}`, sent to the changelog with the next batch's
+     writes (or by the timer task within a tick, when idle; at revocation and shutdown).
+     A crash before that only resends events consumers already have.
 The table's changelog partition is computed from the key (`partition_of`), not from
 Faust's "current event", because a batch mixes partitions.
 A crash between 1 and 4 leaves the outbox in the changelog. On partition assignment,

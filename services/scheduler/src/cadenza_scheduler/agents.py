@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
 # send(topic, key, value, headers) -> awaitable that resolves once the broker acknowledged
 Send = Callable[[str, bytes | None, bytes | None, Headers], Awaitable[Awaitable[Any]]]
-# durable(key) -> returns once the table's last write of `key` is on the broker
-Durable = Callable[[str], Awaitable[None]]
+# persist(keys) -> returns once the table's latest values of `keys` are on the broker
+Persist = Callable[[Iterable[str]], Awaitable[None]]
 
 
-async def _already_durable(key: str) -> None:
+async def _nothing_to_persist(keys: Iterable[str]) -> None:
     return None
 
 
@@ -103,11 +103,11 @@ class Shell:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         send_attempts: int = 20,
-        durable: Durable = _already_durable,
+        persist: Persist = _nothing_to_persist,
     ) -> None:
         self.table = table
         self._send = send
-        self._durable = durable
+        self._persist = persist
         self.topics = topics
         self.source = source
         self.consumer_name = consumer_name
@@ -206,7 +206,7 @@ class Shell:
         failures = 0
         while True:
             try:
-                await asyncio.gather(*(self._durable(key) for key in batch.outboxes))
+                await self._persist(batch.outboxes)
                 await self.send_events(batch.outgoing)
                 break
             except Exception:
@@ -215,10 +215,6 @@ class Shell:
                 failures += 1
                 log.error("batch not flushed (attempt %d), retrying", failures, exc_info=True)
                 await asyncio.sleep(min(0.5 * failures, 5.0))
-                for key in batch.outboxes:  # write again: the failed write's future is spent
-                    raw = self.table.get(key)
-                    if raw is not None:
-                        self.table[key] = raw
         for key in batch.outboxes:
             self.resent.discard(key)
             if key in batch.states:
@@ -382,4 +378,4 @@ def _retention_timer(state: ExecutionState, now: datetime) -> TimerFired:
     )
 
 
-__all__ = ["Batch", "Durable", "Record", "Shell", "partition_of"]
+__all__ = ["Batch", "Persist", "Record", "Shell", "partition_of"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,20 @@ log = logging.getLogger(__name__)
 
 
 class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
-    """A Faust table that remembers each key's last changelog write, so it can be awaited.
+    """A Faust table whose changelog writes go out when the shell needs them durable.
 
-    Faust sends changelog records through its producer buffer and its commit-time flush gives
-    up on the buffer after 0.1 s, so "the offset is committed" does not imply "the new value
-    is on the broker". The shell awaits `durable(key)` before it sends what a change caused.
+    Faust sends each changed value through its producer buffer, which a single task drains
+    one record per event-loop turn: under load a write took 40-60 ms to reach the broker,
+    and Faust's commit-time flush gives up on the buffer after 0.1 s, so "the offset is
+    committed" never implied "the value is on the broker". Here a change only marks its key
+    dirty; `persist()` sends the current value of every dirty key at once (straight to the
+    producer, like any other record) and returns once the broker has the keys asked for.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.last_write: dict[Any, Any] = {}
+        self.dirty: set[str] = set()
+        self.last_write: dict[str, Any] = {}
 
     def partition_for_key(self, key: Any) -> int:
         # The partition of the execution's input records (same key, same partitioner), not
@@ -44,21 +48,46 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
         return partition_of(str(key), self.partitions or 1)
 
     def on_key_set(self, key: Any, value: Any) -> None:
-        fut = self.send_changelog(self.partition_for_key(key), key, value)
-        self.last_write[key] = fut
-        partition = fut.message.partition
-        assert partition is not None
-        self._maybe_set_key_ttl(key, partition)
+        self.dirty.add(key)
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
-        self.last_write.pop(key, None)
-        super().on_key_del(key)
+        self.dirty.add(key)
+        self._sensor_on_del(self, key)
 
-    async def durable(self, key: str) -> None:
-        fut = self.last_write.pop(key, None)
-        if fut is not None:
-            await fut
+    async def persist(self, keys: Iterable[str] | None = None) -> None:
+        """Send the dirty keys' current values (a tombstone when deleted); return once the
+        latest writes of `keys` (default: the keys sent now) are on the broker.
+
+        Raises what the producer raised; the keys waited for are then dirty again.
+        """
+        sending, self.dirty = self.dirty, set()
+        for key in sending:
+            value = self.data.get(key)
+            self.last_write[key] = await self.changelog_topic.send(
+                key=key,
+                value=value,
+                partition=self.partition_for_key(key),
+                key_serializer=self.key_serializer,
+                value_serializer=self.value_serializer if value is not None else "raw",
+                callback=self._on_changelog_sent,
+                force=True,  # not attached to the current event: sent now
+            )
+        waiting = [(k, self.last_write[k]) for k in set(sending if keys is None else keys)
+                   if k in self.last_write]
+        try:
+            await asyncio.gather(*(fut for _, fut in waiting))
+        except BaseException:
+            self.dirty.update(k for k, _ in waiting)
+            raise
+        for key, fut in waiting:
+            if self.last_write.get(key) is fut:
+                del self.last_write[key]
+
+    def forget(self) -> None:
+        """Drop the write bookkeeping (the partitions are gone)."""
+        self.dirty.clear()
+        self.last_write.clear()
 
 
 @dataclass
@@ -122,7 +151,7 @@ def create_app(settings: Settings) -> Scheduler:
         retention_s=settings.retention_s,
         partitions=kafka.partitions,
         metrics=metrics,
-        durable=table.durable,
+        persist=table.persist,
     )
     ready = asyncio.Event()
     inputs = app.topic(
@@ -153,7 +182,7 @@ def create_app(settings: Settings) -> Scheduler:
             )
 
     _on_rebalance(app, table, shell, topics, ready)
-    app.task(_timer_task(app, shell, metrics, topics, ready, settings.timer_tick_s))
+    app.task(_timer_task(app, shell, table, metrics, topics, ready, settings.timer_tick_s))
     _add_views(app, shell, metrics, ready)
     return Scheduler(app=app, shell=shell, table=table, ready=ready)
 
@@ -164,7 +193,11 @@ def _on_rebalance(
     """Revocation drops the in-memory indexes; recovery rebuilds them and resends outboxes."""
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        # Faust waited for every taken record to be acked (so flushed); the outbox clears
+        # written since are still ours to send until the rebalance completes.
         ready.clear()
+        await _persist_quietly(table)
+        table.forget()
         shell.revoked()
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
@@ -187,6 +220,19 @@ def _on_rebalance(
 
     table.on_recover(on_recovered)
 
+    async def on_shutdown(sender: Any, *args: Any, **_: Any) -> None:
+        await _persist_quietly(table)
+
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
+
+
+async def _persist_quietly(table: Any) -> None:
+    """Send what is left dirty (outbox clears); a failure only means resends later."""
+    try:
+        await table.persist()
+    except Exception:
+        log.warning("could not persist the table's last changes", exc_info=True)
+
 
 async def _rewind_uncommitted(app: faust.App, topics: Topics) -> None:
     """Seek input partitions that have no committed offset back to their beginning.
@@ -208,6 +254,7 @@ async def _rewind_uncommitted(app: faust.App, topics: Topics) -> None:
 def _timer_task(
     app: faust.App,
     shell: Shell,
+    table: DurableTable,
     metrics: Metrics,
     topics: Topics,
     ready: asyncio.Event,
@@ -221,6 +268,8 @@ def _timer_task(
             try:
                 if ready.is_set():
                     await shell.fire_due()
+                    if table.dirty:  # outbox clears of the last batch, when idle
+                        await table.persist()
                     if time.monotonic() - last_lag > 5.0:
                         last_lag = time.monotonic()
                         _update_lag(app, metrics, topics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,11 +94,12 @@ async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent(
     sched, table, sent, _ = shell()
     order: list[str] = []
 
-    async def durable(key: str) -> None:
-        stored = codec.load(table[key])
-        order.append(f"durable outbox={len(stored.outbox)} sent={len(sent.records)}")
+    async def persist(keys: Iterable[str]) -> None:
+        for key in keys:
+            stored = codec.load(table[key])
+            order.append(f"durable outbox={len(stored.outbox)} sent={len(sent.records)}")
 
-    sched._durable = durable
+    sched._persist = persist
     req = request(flow(CALL_A))
 
     await sched.apply(req)
@@ -200,12 +201,12 @@ async def test_a_batch_whose_state_write_failed_is_written_again_before_its_emit
     sched, table, sent, _ = shell()
     calls: list[int] = []
 
-    async def flaky_durable(key: str) -> None:
+    async def flaky_persist(keys: Iterable[str]) -> None:
         calls.append(len(sent.records))
         if len(calls) == 1:
             raise ConnectionError("broker unreachable")
 
-    sched._durable = flaky_durable
+    sched._persist = flaky_persist
     req = request(flow(CALL_A))
 
     await sched.apply(req)
