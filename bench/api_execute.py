@@ -25,7 +25,7 @@ import orjson
 
 from bench.report import percentile, report
 from cadenza_common.db import upgrade
-from cadenza_common.kafka import ensure_topics
+from cadenza_common.kafka import delete_prefixed_topics, ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "15"))
@@ -215,6 +215,7 @@ def main() -> None:
         rows = asyncio.run(_run(env, url, port))
     finally:
         asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(delete_prefixed_topics(kafka))
     without = bool(os.environ.get("BENCH_WITHOUT_KAFKA"))
     report(
         "api_execute_without_kafka" if without else "api_execute",

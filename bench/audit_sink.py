@@ -25,7 +25,7 @@ from bench.report import report
 from cadenza_audit_sink.samples import onboarding_history
 from cadenza_common.db import upgrade
 from cadenza_common.events import Topics
-from cadenza_common.kafka import encode, ensure_topics, producer
+from cadenza_common.kafka import delete_prefixed_topics, encode, ensure_topics, producer
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
 
 EXECUTIONS = 1500
@@ -83,8 +83,11 @@ async def _run_once(kafka_servers: str, base_url: str, batch: int) -> dict[str, 
         kafka = KafkaSettings(
             bootstrap_servers=kafka_servers, topic_prefix=f"bench{uuid.uuid4().hex[:8]}."
         )
-        total = await _load_topic(kafka)
-        return await _measure(kafka, url, batch, total)
+        try:
+            total = await _load_topic(kafka)
+            return await _measure(kafka, url, batch, total)
+        finally:
+            await delete_prefixed_topics(kafka)
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()

@@ -27,7 +27,14 @@ from aiokafka import AIOKafkaProducer
 
 from bench.report import percentile, report
 from cadenza_common import events as ev
-from cadenza_common.kafka import consumer, decode, encode, ensure_topics, producer
+from cadenza_common.kafka import (
+    consumer,
+    decode,
+    delete_prefixed_topics,
+    encode,
+    ensure_topics,
+    producer,
+)
 from cadenza_common.settings import KafkaSettings
 
 CHAIN = 10
@@ -212,6 +219,7 @@ async def run(executions: int) -> list[dict[str, Any]]:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            await delete_prefixed_topics(kafka)
 
 
 def main() -> None:

@@ -204,6 +204,7 @@ async def _run() -> list[dict[str, Any]]:
         stub.terminate()
         runner.wait(timeout=30)
         stub.wait(timeout=10)
+        await kafka.delete_prefixed_topics(settings)
     return rows
 
 

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
+from cadenza_common import kafka
 from cadenza_common.db import upgrade
 from cadenza_common.events import Topics
 from cadenza_common.kafka import ensure_topics
@@ -62,22 +61,7 @@ def new_kafka_settings(bootstrap_servers: str) -> KafkaSettings:
 
 def delete_prefixed_topics(settings: KafkaSettings) -> None:
     """Delete every topic under the settings' prefix (a test's own topics and Faust's)."""
-    asyncio.run(_delete_prefixed_topics(settings))
-
-
-async def _delete_prefixed_topics(settings: KafkaSettings) -> None:
-    # Each topic holds 12 partitions of open files in the broker: leftovers from many
-    # sessions exhaust its file descriptors, so every test cleans up after itself.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        await admin.start()
-        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if names:
-            await admin.delete_topics(names)
-    except KafkaError:
-        pass  # the broker may be gone at the very end of a session; nothing to keep clean
-    finally:
-        await admin.close()
+    asyncio.run(kafka.delete_prefixed_topics(settings))
 
 
 @pytest.fixture(scope="session")

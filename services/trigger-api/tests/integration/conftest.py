@@ -22,6 +22,7 @@ from cadenza_common.db.tables import api_keys
 from cadenza_common.events import Event
 from cadenza_common.kafka import decode, ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.pytest_plugin import delete_prefixed_topics
 from cadenza_trigger_api.app import create_app
 from cadenza_trigger_api.auth import Role
 from cadenza_trigger_api.context import AppContext
@@ -42,11 +43,14 @@ VALID_SPEC: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def api_kafka(kafka_bootstrap: str) -> KafkaSettings:
-    """Kafka settings of this session's API (topics are created only by tests that need them)."""
+def api_kafka(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    """Kafka settings of this session's API (topics are created only by tests that need them,
+    and deleted at the end of the session)."""
     prefix = f"tapi{uuid.uuid4().hex[:10]}."
-    return KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
-                         client_id="trigger-api-tests")
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
+                             client_id="trigger-api-tests")
+    yield settings
+    delete_prefixed_topics(settings)
 
 
 @pytest.fixture
