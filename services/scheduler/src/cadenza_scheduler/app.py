@@ -41,6 +41,9 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.dirty: set[str] = set()
         self.last_write: dict[str, Any] = {}
+        # one persist hands its records to the producer at a time: a concurrent one (the
+        # timer's) must not take a dirty key and leave it unsent while another waits for it
+        self._sending = asyncio.Lock()
 
     def partition_for_key(self, key: Any) -> int:
         # The partition of the execution's input records (same key, same partitioner), not
@@ -61,18 +64,25 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
 
         Raises what the producer raised; the keys waited for are then dirty again.
         """
-        sending, self.dirty = self.dirty, set()
-        for key in sending:
-            value = self.data.get(key)
-            self.last_write[key] = await self.changelog_topic.send(
-                key=key,
-                value=value,
-                partition=self.partition_for_key(key),
-                key_serializer=self.key_serializer,
-                value_serializer=self.value_serializer if value is not None else "raw",
-                callback=self._on_changelog_sent,
-                force=True,  # not attached to the current event: sent now
-            )
+        async with self._sending:
+            sending, self.dirty = self.dirty, set()
+            unsent = set(sending)
+            try:
+                for key in sending:
+                    value = self.data.get(key)
+                    self.last_write[key] = await self.changelog_topic.send(
+                        key=key,
+                        value=value,
+                        partition=self.partition_for_key(key),
+                        key_serializer=self.key_serializer,
+                        value_serializer=self.value_serializer if value is not None else "raw",
+                        callback=self._on_changelog_sent,
+                        force=True,  # not attached to the current event: sent now
+                    )
+                    unsent.discard(key)
+            except BaseException:
+                self.dirty |= unsent
+                raise
         waiting = [(k, self.last_write[k]) for k in set(sending if keys is None else keys)
                    if k in self.last_write]
         try:
