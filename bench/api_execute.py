@@ -24,9 +24,9 @@ import httpx
 import orjson
 
 from bench.report import percentile, report
-from cadenza_common.db import upgrade
 from cadenza_common.kafka import delete_prefixed_topics, ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.databases import create_database, database_name, drop_database
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "15"))
 WARMUP_S = 3.0
@@ -47,15 +47,6 @@ def _free_port() -> int:
     port: int = sock.getsockname()[1]
     sock.close()
     return port
-
-
-async def _admin(url: str, sql: str) -> None:
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1).rsplit("/", 1)[0] + "/postgres"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def _unsent(url: str) -> int:
@@ -194,12 +185,9 @@ def main() -> None:
     database = os.environ.get("CADENZA_TEST_DATABASE_URL", os.environ.get("CADENZA_DATABASE_URL"))
     bootstrap = os.environ.get("CADENZA_TEST_KAFKA", "127.0.0.1:9092")
     base_url = DatabaseSettings(url=database or DatabaseSettings().url).url
-    name = f"bench_api_{uuid.uuid4().hex[:8]}"
-    url = base_url.rsplit("/", 1)[0] + f"/{name}"
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"{name}.")
-    asyncio.run(_admin(base_url, f'CREATE DATABASE "{name}"'))
+    url = asyncio.run(create_database(base_url, "bench_api"))
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"{database_name(url)}.")
     try:
-        upgrade(url)
         if not os.environ.get("BENCH_WITHOUT_KAFKA"):  # diagnostic: relay idles, rows wait
             asyncio.run(ensure_topics(kafka))
         port = _free_port()
@@ -214,7 +202,7 @@ def main() -> None:
         }
         rows = asyncio.run(_run(env, url, port))
     finally:
-        asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(url))
         asyncio.run(delete_prefixed_topics(kafka))
     without = bool(os.environ.get("BENCH_WITHOUT_KAFKA"))
     report(

@@ -23,10 +23,10 @@ import asyncpg
 
 from bench.report import report
 from cadenza_audit_sink.samples import onboarding_history
-from cadenza_common.db import upgrade
 from cadenza_common.events import Topics
 from cadenza_common.kafka import delete_prefixed_topics, encode, ensure_topics, producer
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.databases import create_database, drop_database
 
 EXECUTIONS = 1500
 ORGS = 10
@@ -73,13 +73,8 @@ async def _consumed(dsn: str) -> int:
 
 
 async def _run_once(kafka_servers: str, base_url: str, batch: int) -> dict[str, Any]:
-    name = f"cadenza_bench_{uuid.uuid4().hex[:10]}"
-    admin = _dsn(base_url).rsplit("/", 1)[0] + "/postgres"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    url = base_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await create_database(base_url, "cadenza_bench")
     try:
-        upgrade(url)
         kafka = KafkaSettings(
             bootstrap_servers=kafka_servers, topic_prefix=f"bench{uuid.uuid4().hex[:8]}."
         )
@@ -89,8 +84,7 @@ async def _run_once(kafka_servers: str, base_url: str, batch: int) -> dict[str, 
         finally:
             await delete_prefixed_topics(kafka)
     finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(url)
 
 
 async def _measure(kafka: KafkaSettings, url: str, batch: int, total: int) -> dict[str, Any]:

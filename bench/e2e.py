@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +47,10 @@ import psutil  # type: ignore[import-untyped]
 
 from bench.report import RESULTS, percentile, report
 from cadenza_common import events as ev
-from cadenza_common.db import upgrade
-from cadenza_common.kafka import consumer, decode, ensure_topics
+from cadenza_common.kafka import consumer, decode, delete_prefixed_topics, ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.databases import create_database, database_name, drop_database
 from cadenza_devstack.demo_setup import auth, create_org, expect
-from cadenza_devstack.pytest_plugin import delete_prefixed_topics
 from cadenza_devstack.stack import Stack, StackInfo
 from cadenza_devstack.supervisor import (
     Child,
@@ -302,12 +300,10 @@ def _profile(children: list[Child], workdir: Path, seconds: float) -> list[subpr
 
 async def one(n: int, stack: Stack, base: StackInfo) -> list[dict[str, Any]]:
     """Bring up `n` schedulers and runners on fresh data, warm up, load, measure."""
-    name = f"bench_e2e_{uuid.uuid4().hex[:8]}"
+    db_url = await create_database(base.database_url, "bench_e2e")
+    name = database_name(db_url)
     kafka = KafkaSettings(bootstrap_servers=base.bootstrap_servers, topic_prefix=f"{name}.")
-    db_url = base.database_url.rsplit("/", 1)[0] + f"/{name}"
     dsn = db_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    await _admin(base.database_url, f'CREATE DATABASE "{name}"')
-    await asyncio.to_thread(upgrade, db_url)
     await ensure_topics(kafka)
     taken: set[int] = set()
     api_port, demo_port = service_port(taken), service_port(taken)
@@ -325,8 +321,8 @@ async def one(n: int, stack: Stack, base: StackInfo) -> list[dict[str, Any]]:
                                    f"http://127.0.0.1:{demo_port}", env)
                 return await _measure(n, children, key, api_port, kafka, dsn, stack, workdir)
     finally:
-        await _admin(base.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await asyncio.to_thread(delete_prefixed_topics, kafka)
+        await drop_database(db_url)
+        await delete_prefixed_topics(kafka)
 
 
 async def _measure(n: int, children: list[Child], key: str, api_port: int,
@@ -410,15 +406,6 @@ def _row(n: int, name: str, phase: Phase, cpu: dict[str, tuple[float, float]]
         row[f"cpu%:{name_}"] = round(percent, 1)
         row[f"rss_mb:{name_}"] = round(peak, 1)
     return row
-
-
-async def _admin(url: str, sql: str) -> None:
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1).rsplit("/", 1)[0] + "/postgres"
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def main() -> None:

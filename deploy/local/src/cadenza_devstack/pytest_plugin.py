@@ -15,14 +15,13 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
 from cadenza_common import kafka
-from cadenza_common.db import upgrade
 from cadenza_common.events import Topics
 from cadenza_common.kafka import ensure_topics
 from cadenza_common.settings import DatabaseSettings, KafkaSettings
+from cadenza_devstack.databases import create_database, drop_database
 from cadenza_devstack.stack import Stack, StackInfo
 
 
@@ -96,25 +95,8 @@ def database_url(devstack: StackInfo) -> Iterator[str]:
 @contextlib.contextmanager
 def fresh_database(devstack: StackInfo, prefix: str) -> Iterator[str]:
     """Create `<prefix>_<random>` on the stack's server, migrate it, drop it on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = _admin_dsn(devstack.database_url)
-    asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
+    url = asyncio.run(create_database(devstack.database_url, prefix))
     try:
-        url = devstack.database_url.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
         yield url
     finally:
-        asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _admin_dsn(url: str) -> str:
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    return dsn.rsplit("/", 1)[0] + "/postgres"
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        asyncio.run(drop_database(url))
