@@ -108,10 +108,8 @@ WHERE org_id = $1 AND workflow_id = $2 AND external_id = $3
 
 @dataclass(frozen=True)
 class Admission:
-    """What `ADMIT_AND_INSERT` did: the window's count, whether the workflow was current."""
+    """What `ADMIT_AND_INSERT` did: whether the workflow was current, and was inserted."""
 
-    count: int
-    limit: int
     current: bool
     created: bool
 
@@ -204,7 +202,7 @@ class Intake:
         if row is None:
             return None
         check_limit(row["count"], row["lim"], start, now)
-        return Admission(row["count"], row["lim"], row["current"], row["created"])
+        return Admission(row["current"], row["created"])
 
     async def existing(
         self, org_id: uuid.UUID, workflow_id: uuid.UUID, external_id: str

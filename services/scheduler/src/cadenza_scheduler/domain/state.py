@@ -210,8 +210,9 @@ class _SpecJson:
         raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         key = hashlib.blake2b(raw, digest_size=16).hexdigest()
         self._bound(self.by_object)
-        self.by_object[id(spec)] = (spec, key, orjson.Fragment(raw))
-        return key, orjson.Fragment(raw)
+        fragment = orjson.Fragment(raw)
+        self.by_object[id(spec)] = (spec, key, fragment)
+        return key, fragment
 
     def parsed(self, key: str | None, doc: Any) -> WorkflowSpec:
         """The spec with content key `key` (parsing `doc` only when it is new)."""
