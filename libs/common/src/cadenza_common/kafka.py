@@ -166,10 +166,12 @@ async def consumer(
     """A consumer with manual commits (`enable_auto_commit=False`), earliest offset reset.
 
     Metadata is refreshed every 30 s (aiokafka's default is 5 min), so a subscribed
-    topic created after the consumer joined is picked up soon.
+    topic created after the consumer joined is picked up soon. Fetches wait at most
+    `settings.fetch_max_wait_ms` (see `KafkaSettings`).
     """
     options: dict[str, Any] = {
         "metadata_max_age_ms": 30_000,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": settings.client_id,
         "group_id": group_id,
@@ -217,7 +219,11 @@ class DeadLetters:
     async def send(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
         """Publish `record` unchanged to the DLQ, with `dlq_*` headers saying why and whence."""
         headers = dead_letter_headers(
-            record.headers, reason, record.topic, record.partition, record.offset,
+            record.headers,
+            reason,
+            record.topic,
+            record.partition,
+            record.offset,
             self._consumer_name,
         )
         log.warning(

@@ -9,7 +9,15 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "
 
 
 class KafkaSettings(BaseSettings):
-    """Where Kafka is and how Cadenza's topics are named (env prefix `CADENZA_KAFKA_`)."""
+    """Where Kafka is and how Cadenza's topics are named (env prefix `CADENZA_KAFKA_`).
+
+    `fetch_max_wait_ms` bounds how long the broker holds a consumer's fetch when its
+    partitions are quiet. aiokafka keeps one fetch in flight per broker, for the partitions
+    with nothing buffered when it was sent; a record arriving on another partition waits for
+    that fetch to come back. So it is a floor on the latency of every hop of a workflow, and
+    is kept short (aiokafka's default is 500 ms, Faust's 1500 ms); an idle consumer pays
+    with one small fetch per interval.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_KAFKA_", extra="ignore")
 
@@ -18,6 +26,7 @@ class KafkaSettings(BaseSettings):
     partitions: int = Field(default=12, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
     client_id: str = "cadenza"
+    fetch_max_wait_ms: int = Field(default=20, ge=0, le=5000)
 
 
 class DatabaseSettings(BaseSettings):

@@ -38,8 +38,9 @@ each batch:
   2. `persist` those keys: their changelog writes are on the broker (one round trip per
      batch);
   3. send every emit, in order, and wait for the broker's acknowledgements;
-  4. `table[key] = {state: new, outbox: []}`, sent to the changelog with the next batch's
-     writes (or by the timer task within a tick, when idle; at revocation and shutdown).
+  4. `table[key] = {state: new, outbox: []}`, held back up to `write_delay_s` (1 s) so the
+     execution's next transition usually replaces it, then sent with a batch's writes or
+     by the timer task; everything left is sent at revocation and shutdown.
      A crash before that only resends events consumers already have.
 The table's changelog partition is computed from the key (`partition_of`), not from
 Faust's "current event", because a batch mixes partitions.

@@ -7,6 +7,7 @@ so `app.py` wires it to the Faust table and producer and the unit tests to a dic
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -34,8 +35,9 @@ from cadenza_scheduler.timers import RETENTION, TimerHeap
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
-# send(topic, key, value, headers) -> awaitable that resolves once the broker acknowledged
-Send = Callable[[str, bytes | None, bytes | None, Headers], Awaitable[Awaitable[Any]]]
+# send(topic, key, value, headers, partition) -> awaitable that resolves once the broker
+# acknowledged (partition None: the producer's partitioner picks it from the key)
+Send = Callable[[str, bytes | None, bytes | None, Headers, int | None], Awaitable[Awaitable[Any]]]
 # persist(keys) -> returns once the table's latest values of `keys` are on the broker
 Persist = Callable[[Iterable[str]], Awaitable[None]]
 
@@ -82,8 +84,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` (how producers key executions)."""
+    """The partition Kafka's default partitioner gives `key` (how producers key executions).
+
+    Cached: aiokafka's murmur2 is pure Python (~10 us a key), and every record the scheduler
+    sends for an execution goes to this partition of its topic (all topics have `partitions`).
+    """
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
@@ -270,7 +277,10 @@ class Shell:
             for event in events:
                 msg = encode(event, source=self.source)
                 topic = self.topics.name(topic_for(event))
-                pending.append(await self._send(topic, msg.key, msg.value, msg.headers))
+                partition = (
+                    None if msg.key is None else partition_of(msg.key.decode(), self.partitions)
+                )
+                pending.append(await self._send(topic, msg.key, msg.value, msg.headers, partition))
             await asyncio.gather(*pending)
 
         await self._retrying(send_all)
@@ -292,12 +302,16 @@ class Shell:
         self.metrics.events.labels("dlq").inc()
         log.warning("record sent to dlq", extra={"topic": record.topic, "reason": reason})
         out = dead_letter_headers(
-            record.headers, reason, record.topic, record.partition, record.offset,
+            record.headers,
+            reason,
+            record.topic,
+            record.partition,
+            record.offset,
             self.consumer_name,
         )
 
         async def send() -> None:
-            await (await self._send(self.topics.dlq, record.key, record.value, out))
+            await (await self._send(self.topics.dlq, record.key, record.value, out, None))
 
         try:
             await self._retrying(send)

@@ -18,7 +18,10 @@ class Settings(BaseSettings):
 
     `retention_s` is how long a finished execution stays in the table before it is deleted
     (tombstoned). The agent takes up to `batch_max` records, waiting at most `batch_within_s`
-    for more, and makes their changes durable and sends their emits together.
+    for more, and makes their changes durable and sends their emits together. A changelog
+    write nothing waits for (the outbox cleared after a batch's sends) is held back up to
+    `write_delay_s`, so the execution's next transition usually replaces it; a crash in
+    that window only resends events consumers already have.
     """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")
@@ -37,6 +40,7 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=1.0, gt=0)
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.005, gt=0)
+    write_delay_s: float = Field(default=1.0, ge=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("store")

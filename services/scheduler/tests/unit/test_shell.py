@@ -32,11 +32,18 @@ class Sent:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, Sequence[tuple[str, bytes]]]] = []
+        self.partitions: list[tuple[str, bytes | None, int | None]] = []
 
     async def __call__(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Any
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        partition: int | None = None,
     ) -> Awaitable[None]:
         self.records.append((topic, value, list(headers)))
+        self.partitions.append((topic, key, partition))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -214,3 +221,17 @@ async def test_a_batch_whose_state_write_failed_is_written_again_before_its_emit
     assert calls == [0, 0]  # nothing was sent until the second, successful write
     assert sent.events(TOPICS.steps_ready)
     assert codec.load(table[str(req.execution_id)]).outbox == []
+
+
+async def test_every_emit_goes_to_the_partition_the_default_partitioner_gives_its_key() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    sched, _, sent, _ = shell()
+    for _ in range(20):
+        await sched.apply(request(flow(CALL_A), execution_id=uuid.uuid4()))
+
+    chosen = DefaultPartitioner()
+    assert len({p for _, _, p in sent.partitions}) > 1
+    for topic, key, partition in sent.partitions:
+        assert key is not None
+        assert partition == chosen(key, list(range(12)), list(range(12))), topic

@@ -1,0 +1,58 @@
+"""The scheduler's table: which changelog writes go out when, and how they are keyed."""
+
+from __future__ import annotations
+
+import time
+
+from cadenza_scheduler.app import DurableTable, _changelog_key, create_app
+from cadenza_scheduler.settings import Settings
+
+
+def table() -> DurableTable:
+    built = create_app(Settings(write_delay_s=1.0)).table
+    assert isinstance(built, DurableTable)
+    return built
+
+
+def test_changelog_keys_are_the_bytes_faust_writes_and_recovers() -> None:
+    executions = table()
+    key = "0190f0f0-0000-7000-8000-0000000000aa"
+
+    faust_key, _ = executions.changelog_topic.prepare_key(
+        key, executions.key_serializer, headers=None
+    )
+
+    assert _changelog_key(key) == faust_key
+
+
+def test_a_write_nobody_waits_for_is_held_back_until_the_delay_is_over() -> None:
+    executions = table()
+    now = time.monotonic()
+    executions.dirty = {"old": now - 1.5, "cleared": now - 0.2, "batch": now}
+
+    assert executions._due(["batch"]) == ["batch", "old"]
+    assert executions._due(()) == ["old"]
+    assert executions._due(None) == ["old", "cleared", "batch"]
+
+
+def test_a_key_keeps_the_time_it_first_became_dirty() -> None:
+    executions = table()
+    executions.on_key_set("k", b"1")
+    first = executions.dirty["k"]
+    executions.on_key_set("other", b"1")
+
+    executions.on_key_set("k", b"2")
+
+    assert executions.dirty["k"] == first
+    assert list(executions.dirty) == ["k", "other"]
+
+
+async def test_the_consumer_fetches_with_the_configured_wait_not_fausts_fixed_one() -> None:
+    from cadenza_common.settings import KafkaSettings
+
+    scheduler = create_app(Settings(kafka=KafkaSettings(fetch_max_wait_ms=7)))
+    thread = scheduler.app.consumer._new_consumer_thread()
+
+    client = thread._create_worker_consumer(scheduler.app.transport)
+
+    assert client._fetch_max_wait_ms == 7
