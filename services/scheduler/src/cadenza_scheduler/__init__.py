@@ -8,15 +8,15 @@ execution in the Faust table `executions` (key: execution id, value: JSON bytes,
 
 Guarantees we rely on, and why they hold:
 
-- At-least-once input, no Kafka transactions (faust's EOS has open bugs #517/#323).
-  Faust commits a source offset only after the agent finished the record (the stream
-  acks it when the next one is taken). We do NOT use Faust's changelog path: its producer
-  buffer is drained one record per event-loop turn (40-60 ms per write under load) and
-  its commit-time flush gives up after 0.1 s. The table class (`app.DurableTable`) only
-  marks changed keys dirty; the shell calls `persist(keys)`, which sends the dirty values
-  to the changelog at once and returns when the broker has them, before sending anything
-  the new states caused. So a committed offset, or any event a runner could answer,
-  implies the state behind it is durable.
+- At-least-once input, no Kafka transactions (faust's EOS has open bugs #517/#323). Faust
+  commits a source offset only after the record was acked, and the agent acks a batch's
+  records only once the shell handled the batch. We do NOT use Faust's changelog path: its
+  producer buffer is drained one record per event-loop turn (40-60 ms per write under
+  load) and its commit-time flush gives up after 0.1 s. The table class
+  (`app.DurableTable`) only marks changed keys dirty; the shell calls `persist(keys)`,
+  which sends those keys' values to the changelog and returns when the broker has them,
+  before sending anything the new states caused. So a committed offset, or any event a
+  runner could answer, implies the state behind it is durable.
 - Partitions taken over without a committed offset are rewound to their beginning before
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
@@ -31,8 +31,8 @@ Guarantees we rely on, and why they hold:
   are retried with backoff before a record is given up to the DLQ.
 
 No lost emits across a crash (the outbox). The agent takes records in batches
-(`stream.take_events`, which acks a batch only after the loop body handled it) and, for
-each batch:
+(`app.take_available`, with acks disabled on the stream: the agent acks a batch's
+records only after the shell handled it) and, for each batch:
   1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
      outbox accumulates when a batch holds several records of one execution);
   2. `persist` those keys: their changelog writes are on the broker (one round trip per
