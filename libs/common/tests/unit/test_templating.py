@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cadenza_common.durations import InvalidDuration, parse_duration
 from cadenza_common.templating import (
     TemplateSyntaxError,
+    has_templates,
     parse_template,
     render,
     resolve_runner_refs,
@@ -126,3 +127,22 @@ def test_parses_durations(text: str | int | float, expected: timedelta) -> None:
 def test_refuses_invalid_durations(text: Any) -> None:
     with pytest.raises(InvalidDuration):
         parse_duration(text)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet="ab${}.$ "),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@given(_JSON, st.booleans())
+@settings(max_examples=300)
+def test_a_value_without_templates_renders_to_itself(value: Any, escape: bool) -> None:
+    try:
+        rendered = render(value, CONTEXT, escape_for_runner=escape)
+    except TemplateSyntaxError:
+        assert has_templates(value)
+        return
+    if not has_templates(value):
+        assert rendered == value

@@ -162,7 +162,7 @@ class Shell:
                 continue
             try:
                 self._apply_one(batch, event)
-                self.metrics.events.labels(event.CE_TYPE).inc()
+                self.metrics.event(event.CE_TYPE).inc()
             except Exception as exc:
                 log.exception("record not handled", extra={"topic": record.topic})
                 reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
@@ -199,7 +199,7 @@ class Shell:
         batch.states[key] = (decision.state, state_bytes)
         self._save(key, Stored(decision.state, list(batch.outboxes[key])), state_bytes)
         for emitted in decision.emits:
-            self.metrics.transitions.labels(emitted.CE_TYPE).inc()
+            self.metrics.transition(emitted.CE_TYPE).inc()
 
     async def _flush(self, batch: Batch) -> None:
         """Wait until the batch's table writes are durable, send its emits, clear outboxes.
@@ -299,7 +299,7 @@ class Shell:
 
     async def _dead_letter(self, record: Record, reason: str) -> None:
         """Publish the record unchanged to the DLQ with the headers `DeadLetters` sends."""
-        self.metrics.events.labels("dlq").inc()
+        self.metrics.event("dlq").inc()
         log.warning("record sent to dlq", extra={"topic": record.topic, "reason": reason})
         out = dead_letter_headers(
             record.headers,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -10,6 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str], Any] = {}
         self.events = Counter(
             "cadenza_scheduler_events_total",
             "Input records processed, by event type (dlq: sent to the DLQ)",
@@ -44,3 +47,17 @@ class Metrics:
             ["topic", "partition"],
             registry=self.registry,
         )
+
+    def event(self, ce_type: str) -> Any:
+        """The `events` child of one type (`labels()` takes a lock and builds a key each call)."""
+        child = self._children.get(("event", ce_type))
+        if child is None:
+            child = self._children[("event", ce_type)] = self.events.labels(ce_type)
+        return child
+
+    def transition(self, ce_type: str) -> Any:
+        """The `transitions` child of one type."""
+        child = self._children.get(("transition", ce_type))
+        if child is None:
+            child = self._children[("transition", ce_type)] = self.transitions.labels(ce_type)
+        return child

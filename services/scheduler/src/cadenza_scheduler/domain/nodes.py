@@ -64,6 +64,8 @@ def _scheduled(tx: Tx, spec: Node, attempt: int, payload: Any = None) -> None:
 
 
 def _render(tx: Tx, value: Any, escape: bool = False, **extra: Any) -> Any:
+    if not templating.has_templates(value):
+        return value  # nothing to resolve: skip building the variables (shared, never mutated)
     try:
         return templating.render(value, tx.variables(**extra), escape_for_runner=escape)
     except templating.TemplateSyntaxError as exc:  # validated specs never get here
