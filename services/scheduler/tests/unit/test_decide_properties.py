@@ -239,3 +239,15 @@ def test_random_executions_keep_every_invariant(
     state, emits = run.replay()
     assert state == run.state
     assert emits == run.emits
+
+
+@given(st.uuids(), st.text(max_size=40))
+def test_derived_ids_are_the_uuid5_of_execution_and_label(execution_id: Any, label: str) -> None:
+    import uuid
+
+    from cadenza_scheduler.domain.tx import EVENT_NAMESPACE, derived_id
+
+    expected = uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")
+
+    assert derived_id(execution_id, label) == expected
+    assert derived_id(execution_id, label).version == 5

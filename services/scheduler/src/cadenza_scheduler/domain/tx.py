@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,9 +17,18 @@ EVENT_NAMESPACE = uuid.UUID("6f1f3c3e-2c55-5b0e-9a51-636164656e7a")
 E = TypeVar("E", bound=ExecutionEvent)
 
 
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
+_VERSION_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
+_VERSION_5 = (5 << 76) | (0x8000 << 48)  # version 5, RFC 4122 variant
+
+
 def derived_id(execution_id: uuid.UUID, label: str) -> uuid.UUID:
-    """A deterministic id (UUIDv5) for something of this execution."""
-    return uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")
+    """A deterministic id for something of this execution: exactly
+    `uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")`, in half the time (the stdlib
+    builds the UUID twice; several ids are derived per transition)."""
+    name = _NAMESPACE_BYTES + f"{execution_id}:{label}".encode()
+    digest = hashlib.sha1(name, usedforsecurity=False).digest()  # what UUIDv5 is defined as
+    return uuid.UUID(int=int.from_bytes(digest[:16], "big") & _VERSION_CLEAR | _VERSION_5)
 
 
 @dataclass
