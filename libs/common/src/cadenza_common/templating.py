@@ -145,13 +145,7 @@ def walk_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 def has_templates(value: Any) -> bool:
     """Whether any string inside a JSON value holds a `${...}` (else `render` is a copy)."""
-    if isinstance(value, str):
-        return "${" in value
-    if isinstance(value, Mapping):
-        return any(has_templates(item) for item in value.values())
-    if isinstance(value, list):
-        return any(has_templates(item) for item in value)
-    return False
+    return any("${" in text for _, text in walk_strings(value))
 
 
 def references_in(value: Any) -> Iterator[tuple[str, Reference]]:

@@ -12,7 +12,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[Counter, str], Any] = {}
         self.events = Counter(
             "cadenza_scheduler_events_total",
             "Input records processed, by event type (dlq: sent to the DLQ)",
@@ -50,14 +50,14 @@ class Metrics:
 
     def event(self, ce_type: str) -> Any:
         """The `events` child of one type (`labels()` takes a lock and builds a key each call)."""
-        child = self._children.get(("event", ce_type))
-        if child is None:
-            child = self._children[("event", ce_type)] = self.events.labels(ce_type)
-        return child
+        return self._child(self.events, ce_type)
 
     def transition(self, ce_type: str) -> Any:
         """The `transitions` child of one type."""
-        child = self._children.get(("transition", ce_type))
+        return self._child(self.transitions, ce_type)
+
+    def _child(self, counter: Counter, ce_type: str) -> Any:
+        child = self._children.get((counter, ce_type))
         if child is None:
-            child = self._children[("transition", ce_type)] = self.transitions.labels(ce_type)
+            child = self._children[(counter, ce_type)] = counter.labels(ce_type)
         return child
