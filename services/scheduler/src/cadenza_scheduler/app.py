@@ -70,13 +70,13 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
         """The dirty keys to send now: `keys` (all when None) and the ones held back too long."""
         if keys is None:
             return list(self.dirty)
-        due = [k for k in keys if k in self.dirty]
+        due = dict.fromkeys(k for k in keys if k in self.dirty)
         oldest = time.monotonic() - self.write_delay_s
         for key, since in self.dirty.items():
             if since > oldest:
                 break
-            due.append(key)
-        return due
+            due[key] = None  # once, also when it is one of `keys`
+        return list(due)
 
     async def persist(self, keys: Iterable[str] | None = None) -> None:
         """Send the current values of dirty `keys` (all dirty keys when None) and of keys held
@@ -95,7 +95,7 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
                 self.last_write[key] = await producer.send(
                     topic, _changelog_key(key), value, self.partition_for_key(key), None, None
                 )
-                del self.dirty[key]
+                self.dirty.pop(key, None)
         waited = set(sending) if wanted is None else wanted.union(sending)
         waiting = [(k, self.last_write[k]) for k in waited if k in self.last_write]
         try:
