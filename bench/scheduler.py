@@ -38,6 +38,7 @@ from cadenza_common.kafka import (
 from cadenza_common.settings import KafkaSettings
 
 CHAIN = 10
+SCHEDULER_LOG = "scheduler.log"
 ORG = uuid.UUID("0190f0f0-0000-7000-8000-0000000000aa")
 
 
@@ -62,8 +63,9 @@ def _port() -> int:
 
 
 class Bench:
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, log: Path | None = None) -> None:
         self.kafka = kafka
+        self.log = log
         self.topics = ev.Topics(kafka.topic_prefix)
         self.sent_at: dict[tuple[uuid.UUID, int], float] = {}
         self.latencies: list[float] = []
@@ -142,6 +144,7 @@ class Bench:
     async def phase(self, prod: AIOKafkaProducer, count: int, rate: float | None) -> dict[str, Any]:
         self.latencies.clear()
         done_before = self.completed
+        errors_before = self.scheduler_errors()
         start = time.perf_counter()
         ids = await self.request(prod, count, rate)
         deadline = start + 600
@@ -158,7 +161,16 @@ class Bench:
             "transitions_per_s": round(transitions / elapsed, 1),
             "p50_ms": round(percentile(self.latencies, 50) * 1000, 2),
             "p99_ms": round(percentile(self.latencies, 99) * 1000, 2),
+            # a failed flush is retried after a back-off: it shows as latency, so count them
+            "scheduler_errors": self.scheduler_errors() - errors_before,
         }
+
+    def scheduler_errors(self) -> int:
+        """ERROR lines in the scheduler's log so far."""
+        if self.log is None or not self.log.exists():
+            return 0
+        with self.log.open("rb") as lines:
+            return sum(b"ERROR" in line for line in lines)
 
 
 def _start_scheduler(kafka: KafkaSettings, workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -171,7 +183,7 @@ def _start_scheduler(kafka: KafkaSettings, workdir: Path, port: int) -> subproce
         "CADENZA_SCHEDULER_DATA_DIR": str(workdir / "data"),
         "CADENZA_SCHEDULER_LOG_LEVEL": "warning",
     }
-    log = (workdir / "scheduler.log").open("ab")
+    log = (workdir / SCHEDULER_LOG).open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "cadenza_scheduler"], env=env, cwd=workdir, stdout=log, stderr=log
     )
@@ -199,7 +211,7 @@ async def run(executions: int) -> list[dict[str, Any]]:
                 if await asyncio.to_thread(_ready, port):
                     break
                 await asyncio.sleep(0.3)
-            bench = Bench(kafka)
+            bench = Bench(kafka, Path(tmp) / SCHEDULER_LOG)
             stop = asyncio.Event()
             async with producer(kafka, linger_ms=1) as prod:
                 tasks = [
