@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from mode import Service
+from mode.services import WaitResults
 
 from cadenza_scheduler.app import _deliver
 
@@ -18,7 +20,7 @@ class FakeConsumer(Service):  # type: ignore[misc]
         self.suspend_flow = asyncio.Event()
         self.waits = 0
 
-    async def wait_first(self, *coros: object, timeout: float | None = None) -> object:
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         self.waits += 1
         return await super().wait_first(*coros, timeout=timeout)
 
