@@ -18,7 +18,8 @@ requested; the bundle is kept in the state and passed on to every child.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,34 +101,46 @@ def decide(state: ExecutionState | None, event: Event, now: datetime) -> Decisio
     tx = Tx(state.clone(), now)
     if not handler(tx, event):
         return Decision(state)
-    advance(tx)
+    advance(tx, tx.state.written())
     return Decision(tx.state, tx.emits)
 
 
-def advance(tx: Tx) -> None:
-    """Start every node whose join is satisfied, skip the dead ones, finish when all ended."""
-    graph = graph_of(tx.state.spec)
-    for _ in range(len(graph.order) + 1):
-        if tx.state.phase != "running" or not _sweep(tx, graph.order):
-            break
-    if tx.state.phase == "running" and all(n.status.terminal for n in tx.state.nodes.values()):
-        outcomes.finish(tx, ExecutionStatus.SUCCEEDED)
+def advance(tx: Tx, touched: Iterable[str] | None = None) -> None:
+    """Start every node whose join is satisfied, skip the dead ones, finish when all ended.
 
-
-def _sweep(tx: Tx, order: tuple[str, ...]) -> bool:
+    Only nodes that depend on a `touched` node (all nodes when None) can have become ready
+    or dead, as readiness depends on the predecessors alone. They are looked at in
+    topological order, and a node started or skipped adds its own dependents: the same
+    outcome as sweeping every node until nothing changes, without the sweeps.
+    """
     graph = graph_of(tx.state.spec)
-    changed = False
-    for node_id in order:
+    position = graph.position
+    if touched is None:
+        expanded: set[str] = set()
+        queue = list(range(len(graph.order)))  # sorted: already a heap
+    else:
+        expanded = set(touched)
+        queue = list({position[s] for t in expanded for s in graph.succs[t]})
+        heapq.heapify(queue)
+    while queue and tx.state.phase == "running":
+        node_id = graph.order[heapq.heappop(queue)]
         node = tx.state.nodes[node_id]  # read-only here; start() and _skip() take it writable
-        if node.status is not NodeStatus.PENDING or tx.state.phase != "running":
+        if node.status is not NodeStatus.PENDING:
             continue
         verdict = readiness(graph.nodes[node_id], tx.state.nodes, graph)
         if verdict is Readiness.READY:
             nodes.start(tx, node_id, 1)
         elif verdict is Readiness.SKIP:
             _skip(tx, node_id, "no path leads here (branch not taken or predecessors skipped)")
-        changed = changed or verdict is not Readiness.WAIT
-    return changed
+        else:
+            continue
+        # the node, and whatever else its start changed, may make its dependents ready
+        for changed in tx.state.written() - expanded:
+            expanded.add(changed)
+            for succ in graph.succs[changed]:
+                heapq.heappush(queue, position[succ])
+    if tx.state.phase == "running" and all(n.status.terminal for n in tx.state.nodes.values()):
+        outcomes.finish(tx, ExecutionStatus.SUCCEEDED)
 
 
 def _skip(tx: Tx, node_id: str, reason: str) -> None:

@@ -31,6 +31,9 @@ class Graph:
     order: tuple[str, ...]
     preds: dict[str, dict[str, frozenset[str]]]
     nodes: dict[str, Node]
+    #: each node's place in `order`, and the nodes whose readiness depends on it
+    position: dict[str, int]
+    succs: dict[str, tuple[str, ...]]
 
 
 def graph_of(spec: WorkflowSpec) -> Graph:
@@ -65,7 +68,10 @@ def _build(spec: WorkflowSpec) -> Graph:
         if isinstance(node.on_error, Goto):
             kinds[node.on_error.goto].setdefault(node.id, set()).add("goto")
     preds = {n: {p: frozenset(k) for p, k in ps.items()} for n, ps in kinds.items()}
-    return Graph(order=_topological(spec, preds), preds=preds, nodes=nodes)
+    order = _topological(spec, preds)
+    succs = {n: tuple(s for s in order if n in preds[s]) for n in order}
+    position = {n: i for i, n in enumerate(order)}
+    return Graph(order=order, preds=preds, nodes=nodes, position=position, succs=succs)
 
 
 def _topological(

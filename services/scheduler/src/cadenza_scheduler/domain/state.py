@@ -170,6 +170,10 @@ class ExecutionState(_State):
             self._owned.add(node_id)
         return self.nodes[node_id]
 
+    def written(self) -> set[str]:
+        """The nodes taken writable (`node()`) since `clone()`: the only ones that changed."""
+        return set(self._owned)
+
     def timer(self, timer_id: str) -> Timer | None:
         return next((t for t in self.timers if t.timer_id == timer_id), None)
 
