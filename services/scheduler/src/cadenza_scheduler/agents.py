@@ -24,7 +24,13 @@ from cadenza_common.events import (
     TimerKind,
     Topics,
 )
-from cadenza_common.kafka import PoisonRecord, dead_letter_headers, decode, encode
+from cadenza_common.kafka import (
+    KafkaMessage,
+    PoisonRecord,
+    dead_letter_headers,
+    decode,
+    encode,
+)
 from cadenza_scheduler import codec
 from cadenza_scheduler.codec import Stored
 from cadenza_scheduler.domain import ExecutionState, decide, timer_fired, topic_for
@@ -62,13 +68,28 @@ class Record:
 class Batch:
     """What a batch of records changed: emits to send, in order, and the keys to clear."""
 
+    source: str = ""
     outgoing: list[Event] = field(default_factory=list)
     outboxes: dict[str, list[Event]] = field(default_factory=dict)
     states: dict[str, tuple[ExecutionState | None, bytes]] = field(default_factory=dict)
+    # each emit as a record, encoded once for both the outbox and the send (by event object)
+    records: dict[int, tuple[Event, KafkaMessage]] = field(default_factory=dict)
 
     def queue(self, key: str, events: Sequence[Event]) -> None:
         self.outboxes.setdefault(key, []).extend(events)
         self.outgoing.extend(events)
+
+    def record(self, event: Event) -> KafkaMessage:
+        """The event as the record to send (`encode`d the first time it is asked for)."""
+        hit = self.records.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        message = encode(event, source=self.source)
+        self.records[id(event)] = (event, message)
+        return message
+
+    def record_json(self, event: Event) -> bytes:
+        return self.record(event).value
 
 
 class Table(Protocol):
@@ -151,7 +172,7 @@ class Shell:
         batch goes on. The changes of the whole batch are made durable together, then what
         they emitted is sent together: one round trip per batch instead of two per record.
         """
-        batch = Batch()
+        batch = Batch(self.source)
         for record in records:
             try:
                 event = decode(record.value, record.headers)
@@ -171,7 +192,7 @@ class Shell:
 
     async def apply(self, event: ExecutionEvent) -> None:
         """Apply one event as a batch of one (raises what decide() raises)."""
-        batch = Batch()
+        batch = Batch(self.source)
         self._apply_one(batch, event)
         await self._flush(batch)
 
@@ -197,7 +218,8 @@ class Shell:
         batch.queue(key, decision.emits)
         state_bytes = codec.state_json(decision.state)
         batch.states[key] = (decision.state, state_bytes)
-        self._save(key, Stored(decision.state, list(batch.outboxes[key])), state_bytes)
+        stored_now = Stored(decision.state, list(batch.outboxes[key]))
+        self._save(key, stored_now, state_bytes, batch.record_json)
         for emitted in decision.emits:
             self.metrics.transition(emitted.CE_TYPE).inc()
 
@@ -214,7 +236,7 @@ class Shell:
         while True:
             try:
                 await self._persist(batch.outboxes)
-                await self.send_events(batch.outgoing)
+                await self.send_events(batch.outgoing, batch.record)
                 break
             except Exception:
                 # Nothing of the batch may be acked (so committed) before its states and emits
@@ -232,13 +254,19 @@ class Shell:
             self._save(key, Stored(state), state_bytes)
             self._track(key, state)
 
-    def _save(self, key: str, stored: Stored, state_bytes: bytes) -> None:
+    def _save(
+        self,
+        key: str,
+        stored: Stored,
+        state_bytes: bytes,
+        record_json: Callable[[Event], bytes] | None = None,
+    ) -> None:
         if stored.state is None and not stored.outbox:
             if self.table.get(key) is not None:
                 del self.table[key]
             self.cache.forget(key)
             return
-        raw = codec.dump(stored, state_bytes)
+        raw = codec.dump(stored, state_bytes, record_json)
         self.table[key] = raw
         self.cache.put(key, raw, stored)
 
@@ -269,13 +297,20 @@ class Shell:
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def send_events(self, events: Sequence[Event]) -> None:
-        """Send events to their topics keyed by execution id; return once all are acknowledged."""
+    async def send_events(
+        self, events: Sequence[Event], record: Callable[[Event], KafkaMessage] | None = None
+    ) -> None:
+        """Send events to their topics keyed by execution id; return once all are acknowledged.
+
+        `record` gives an event's record when it was encoded already (`Batch.record`).
+        """
+        if record is None:
+            record = Batch(self.source).record
 
         async def send_all() -> None:
             pending = []
             for event in events:
-                msg = encode(event, source=self.source)
+                msg = record(event)
                 topic = self.topics.name(topic_for(event))
                 partition = (
                     None if msg.key is None else partition_of(msg.key.decode(), self.partitions)

@@ -10,6 +10,7 @@ with `orjson.loads` only, without validating every state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,13 +50,23 @@ def state_json(state: ExecutionState | None) -> bytes:
     return b"null" if state is None else dump_state(state)
 
 
-def dump(stored: Stored, state_bytes: bytes | None = None) -> bytes:
-    """Serialise a stored execution for the table (`state_bytes`: `state_json(state)`)."""
+def dump(
+    stored: Stored,
+    state_bytes: bytes | None = None,
+    record_json: Callable[[Event], bytes] | None = None,
+) -> bytes:
+    """Serialise a stored execution for the table (`state_bytes`: `state_json(state)`;
+    `record_json`: an outbox event's JSON as sent, so that it is encoded only once)."""
     state = stored.state
     if state_bytes is None:
         state_bytes = state_json(state)
+    outbox = (
+        [dump_event(e) for e in stored.outbox]
+        if record_json is None
+        else [{"type": e.CE_TYPE, "data": orjson.Fragment(record_json(e))} for e in stored.outbox]
+    )
     meta = {
-        "outbox": [dump_event(e) for e in stored.outbox],
+        "outbox": outbox,
         "timers": []
         if state is None
         else [[t.due_at.timestamp(), t.timer_id] for t in state.timers],

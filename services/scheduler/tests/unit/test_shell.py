@@ -100,11 +100,13 @@ async def test_a_request_saves_the_state_and_sends_its_emits_with_an_empty_outbo
 async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent() -> None:
     sched, table, sent, _ = shell()
     order: list[str] = []
+    outboxes: list[list[ev.Event]] = []
 
     async def persist(keys: Iterable[str]) -> None:
         for key in keys:
             stored = codec.load(table[key])
             order.append(f"durable outbox={len(stored.outbox)} sent={len(sent.records)}")
+            outboxes.append(stored.outbox)
 
     sched._persist = persist
     req = request(flow(CALL_A))
@@ -113,6 +115,7 @@ async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent(
 
     assert order == [f"durable outbox={len(sent.records)} sent=0"]
     assert sent.records
+    assert outboxes == [sent.events()]  # the outbox holds the records as sent, encoded once
 
 
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
