@@ -20,7 +20,7 @@ from cadenza_common.events import (
     Topic,
 )
 from cadenza_common.workflow import validate_workflow
-from cadenza_scheduler.domain import NodeStatus, decide
+from cadenza_scheduler.domain import NodeStatus, decide, dump_state, load_state
 from cadenza_scheduler.domain.decide import advance as full_advance
 from cadenza_scheduler.domain.decide import topic_for
 from cadenza_scheduler.domain.simulate import Run
@@ -165,6 +165,9 @@ class Driver:
         elif action == "cancel":
             run.cancel()
         self.check(run.emits[before:])
+        # stored as JSON (each node rendered once and reused while unchanged), read back equal
+        assert run.state is not None
+        assert load_state(dump_state(run.state)) == run.state
 
     def options(self) -> list[tuple[str, str]]:
         run = self.run

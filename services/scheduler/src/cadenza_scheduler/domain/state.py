@@ -259,9 +259,32 @@ def validated_spec(workflow: Mapping[str, Any]) -> ValidationResult:
     return result
 
 
+class _NodeJson:
+    """Each node state's JSON, by object: a transition copies only the nodes it changes
+    (`ExecutionState.node()`), so the others are the very objects already rendered."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._capacity = capacity
+        self._items: dict[int, tuple[NodeState, orjson.Fragment]] = {}
+
+    def rendered(self, node: NodeState) -> orjson.Fragment:
+        hit = self._items.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        fragment = orjson.Fragment(node.model_dump_json())
+        if len(self._items) >= self._capacity:
+            self._items.pop(next(iter(self._items)))
+        self._items[id(node)] = (node, fragment)
+        return fragment
+
+
+_NODES = _NodeJson()
+
+
 def dump_state(state: ExecutionState) -> bytes:
     """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec."""
-    doc = state.model_dump(mode="json", exclude={"spec"})
+    doc = state.model_dump(mode="json", exclude={"spec", "nodes"})
+    doc["nodes"] = {node_id: _NODES.rendered(node) for node_id, node in state.nodes.items()}
     doc["spec_key"], doc["spec"] = _SPECS.rendered(state.spec)
     return orjson.dumps(doc)
 
