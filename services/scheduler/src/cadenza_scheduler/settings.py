@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = Field(default=60.0, ge=1.0)
     commit_interval_s: float = Field(default=1.0, gt=0)
     batch_max: int = Field(default=500, ge=1)
-    batch_within_s: float = Field(default=0.005, gt=0)
+    batch_within_s: float = Field(default=0.001, gt=0)
     write_delay_s: float = Field(default=1.0, ge=0)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
