@@ -21,6 +21,11 @@ Guarantees we rely on, and why they hold:
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
   a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`.
+- Fetched records reach the conductor through Faust's own drain loop with one change
+  (`app._drain_messages`): a delivery that need not wait is run at once instead of in
+  `wait_first(delivery, suspend_flow)` tasks; one that waits (flow control suspended for a
+  rebalance, a full buffer) is finished exactly as Faust does, abandoned when the flow
+  stops. So no record of a revoked partition is delivered after the revocation.
 - Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
   unfinished record). One agent instance handles all assigned partitions in order.
 - The table changes only when a new value is assigned (`table[key] = value`); we never
