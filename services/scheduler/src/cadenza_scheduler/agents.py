@@ -305,7 +305,7 @@ class Shell:
         `record` gives an event's record when it was encoded already (`Batch.record`).
         """
         if record is None:
-            record = Batch(self.source).record
+            record = functools.partial(encode, source=self.source)
 
         async def send_all() -> None:
             pending = []

@@ -196,7 +196,7 @@ async def _take(consumer: Any, tp: Any, message: Any) -> None:
     read_offset = consumer._read_offset[tp]
     if read_offset is not None and offset < read_offset:
         return  # fetched again after a seek: Faust drops it too
-    gap = offset - (read_offset or 0) > 1 and read_offset
+    gap = bool(read_offset) and offset - read_offset > 1  # Faust skips a gap after offset 0
     if gap and consumer.app.topics.acks_enabled_for(message.topic):
         await consumer._add_gap(tp, read_offset + 1, offset)
     commit_every = consumer._commit_every

@@ -213,7 +213,7 @@ class _SpecJson:
             return hit[1], hit[2]
         raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         key = hashlib.blake2b(raw, digest_size=16).hexdigest()
-        self._bound(self.by_object)
+        _make_room(self.by_object, self._capacity)
         fragment = orjson.Fragment(raw)
         self.by_object[id(spec)] = (spec, key, fragment)
         return key, fragment
@@ -228,12 +228,14 @@ class _SpecJson:
         return spec
 
     def remember(self, key: str, spec: WorkflowSpec) -> None:
-        self._bound(self.by_key)
+        _make_room(self.by_key, self._capacity)
         self.by_key[key] = spec
 
-    def _bound(self, cache: dict[Any, Any]) -> None:
-        if len(cache) >= self._capacity:
-            cache.pop(next(iter(cache)))
+
+def _make_room(cache: dict[Any, Any], capacity: int) -> None:
+    """Drop the oldest entry of a full cache (insertion order is age order)."""
+    if len(cache) >= capacity:
+        cache.pop(next(iter(cache)))
 
 
 _SPECS = _SpecJson()
@@ -272,8 +274,7 @@ class _NodeJson:
         if hit is not None and hit[0] is node:
             return hit[1]
         fragment = orjson.Fragment(node.model_dump_json())
-        if len(self._items) >= self._capacity:
-            self._items.pop(next(iter(self._items)))
+        _make_room(self._items, self._capacity)
         self._items[id(node)] = (node, fragment)
         return fragment
 
