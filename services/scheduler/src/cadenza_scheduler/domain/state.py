@@ -133,6 +133,8 @@ class ExecutionState(_State):
     compensation: Compensation | None = None
     output: Any = None
     _owned: set[str] = PrivateAttr(default_factory=set)
+    # node id -> (node, its JSON) as last rendered (`dump_state`); clones start from it
+    _nodes_json: dict[str, tuple[NodeState, orjson.Fragment]] = PrivateAttr(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -160,19 +162,34 @@ class ExecutionState(_State):
                 "compensation": None if comp is None else comp.clone(),
             }
         )
-        copied._owned = set()
+        copied.__pydantic_private__ = {
+            "_owned": set(),
+            "_nodes_json": self._private()["_nodes_json"],
+        }
         return copied
+
+    def _private(self) -> dict[str, Any]:
+        # `self._owned` goes through pydantic's __getattr__ (~5 us a read, several reads
+        # a transition); the private attributes' dict is a plain slot
+        private = self.__pydantic_private__
+        assert private is not None
+        return private
+
+    def _owned_ids(self) -> set[str]:
+        owned: set[str] = self._private()["_owned"]
+        return owned
 
     def node(self, node_id: str) -> NodeState:
         """The node's state, writable: after `clone()` it is copied on first use."""
-        if node_id not in self._owned:
+        owned = self._owned_ids()
+        if node_id not in owned:
             self.nodes[node_id] = self.nodes[node_id].clone()
-            self._owned.add(node_id)
+            owned.add(node_id)
         return self.nodes[node_id]
 
     def written(self) -> set[str]:
         """The nodes taken writable (`node()`) since `clone()`: the only ones that changed."""
-        return set(self._owned)
+        return set(self._owned_ids())
 
     def timer(self, timer_id: str) -> Timer | None:
         return next((t for t in self.timers if t.timer_id == timer_id), None)
@@ -261,31 +278,29 @@ def validated_spec(workflow: Mapping[str, Any]) -> ValidationResult:
     return result
 
 
-class _NodeJson:
-    """Each node state's JSON, by object: a transition copies only the nodes it changes
-    (`ExecutionState.node()`), so the others are the very objects already rendered."""
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self._capacity = capacity
-        self._items: dict[int, tuple[NodeState, orjson.Fragment]] = {}
-
-    def rendered(self, node: NodeState) -> orjson.Fragment:
-        hit = self._items.get(id(node))
-        if hit is not None and hit[0] is node:
-            return hit[1]
-        fragment = orjson.Fragment(node.model_dump_json())
-        _make_room(self._items, self._capacity)
-        self._items[id(node)] = (node, fragment)
-        return fragment
-
-
-_NODES = _NodeJson()
+def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
+    """Each node state's JSON. A transition copies only the nodes it changes
+    (`ExecutionState.node()`), so the others are the very objects the state it was cloned
+    from rendered: their JSON is taken from there. Kept on the state, so it lives as long
+    as the nodes it renders (a process-wide cache kept old nodes alive, and made the
+    garbage collector's full passes slower)."""
+    private = state.__pydantic_private__
+    assert private is not None
+    rendered = private["_nodes_json"]
+    fresh: dict[str, tuple[NodeState, orjson.Fragment]] = {}
+    for node_id, node in state.nodes.items():
+        hit = rendered.get(node_id)
+        if hit is None or hit[0] is not node:
+            hit = (node, orjson.Fragment(node.model_dump_json()))
+        fresh[node_id] = hit
+    private["_nodes_json"] = fresh
+    return {node_id: hit[1] for node_id, hit in fresh.items()}
 
 
 def dump_state(state: ExecutionState) -> bytes:
     """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec."""
     doc = state.model_dump(mode="json", exclude={"spec", "nodes"})
-    doc["nodes"] = {node_id: _NODES.rendered(node) for node_id, node in state.nodes.items()}
+    doc["nodes"] = _nodes_json(state)
     doc["spec_key"], doc["spec"] = _SPECS.rendered(state.spec)
     return orjson.dumps(doc)
 
