@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from cadenza_scheduler import heap
 from cadenza_scheduler.app import create_app
 from cadenza_scheduler.settings import Settings
 
@@ -14,6 +15,7 @@ def run() -> None:
     """Read the settings from the environment and run the worker until it is stopped."""
     settings = Settings()
     scheduler = create_app(settings)
+    heap.configure(settings.gc_thresholds, scheduler.shell.metrics)
     worker = faust.Worker(scheduler.app, loglevel=settings.log_level)
     # mode leaves the root logger at DEBUG (its handler filters), so every library debug
     # call built a LogRecord: ~5 % of the scheduler's CPU under load. Set the level where

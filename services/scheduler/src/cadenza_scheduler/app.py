@@ -22,6 +22,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
+from cadenza_scheduler import heap
 from cadenza_scheduler.agents import Headers, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.settings import Settings
@@ -434,6 +435,7 @@ def _on_rebalance(
             len(shell.heap),
             resent,
         )
+        heap.settle()  # the recovered table is long-lived: out of the collector's passes
         ready.set()
 
     table.on_recover(on_recovered)

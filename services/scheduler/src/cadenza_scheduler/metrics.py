@@ -41,6 +41,13 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
+        self.gc_pause = Histogram(
+            "cadenza_scheduler_gc_pause_seconds",
+            "Pauses of Python's garbage collector, by generation (see cadenza_scheduler.heap)",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "cadenza_scheduler_consumer_lag",
             "Records behind the end of each assigned input partition",

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     write nothing waits for (the outbox cleared after a batch's sends) is held back up to
     `write_delay_s`, so the execution's next transition usually replaces it; a crash in
     that window only resends events consumers already have.
+
+    `gc_thresholds` are the garbage collector's (`gc.set_threshold`). Python's default
+    (700, 10, 10) made the collector a tenth of the scheduler's CPU under load, with full
+    passes of 100-150 ms over every cached state; see `cadenza_scheduler.heap`.
     """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")
@@ -42,6 +46,7 @@ class Settings(BaseSettings):
     batch_max: int = Field(default=500, ge=1)
     batch_within_s: float = Field(default=0.001, gt=0)
     write_delay_s: float = Field(default=1.0, ge=0)
+    gc_thresholds: tuple[int, int, int] = (10_000, 50, 100)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("store")
