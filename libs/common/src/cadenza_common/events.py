@@ -11,6 +11,7 @@ scheduler's pure `decide()` always passes them explicitly so replay is exact.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -188,7 +189,7 @@ class ExecutionEvent(Event):
     seq: int | None = Field(default=None, ge=0)
 
     def partition_key(self) -> str:
-        return str(self.execution_id)
+        return id_text(self.execution_id)
 
 
 class StepEvent(ExecutionEvent):
@@ -504,7 +505,14 @@ class AuditRecorded(Event):
     execution_id: uuid.UUID | None = None
 
     def partition_key(self) -> str:
-        return str(self.org_id)
+        return id_text(self.org_id)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def id_text(value: uuid.UUID) -> str:
+    """`str(value)`, cached: an execution's id is written on every record of its transitions
+    (keys, headers, derived ids), and `UUID.__str__` is Python code."""
+    return str(value)
 
 
 # --- registry ----------------------------------------------------------------------------------

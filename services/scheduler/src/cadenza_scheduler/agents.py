@@ -23,6 +23,7 @@ from cadenza_common.events import (
     TimerFired,
     TimerKind,
     Topics,
+    id_text,
 )
 from cadenza_common.kafka import (
     KafkaMessage,
@@ -198,7 +199,7 @@ class Shell:
 
     def _apply_one(self, batch: Batch, event: ExecutionEvent) -> None:
         """Load the execution, queue a leftover outbox, decide, save with the outbox."""
-        key = str(event.execution_id)
+        key = id_text(event.execution_id)
         stored = self.cache.load(key, self.table.get(key))
         if key not in batch.outboxes:
             if stored.outbox and key not in self.resent:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from cadenza_common.events import Event, ExecutionEvent, TimerKind
+from cadenza_common.events import Event, ExecutionEvent, TimerKind, id_text
 from cadenza_scheduler.domain.state import ExecutionState, NodeStatus, Timer
 
 # Event ids derive from the execution id and a per-execution counter: replay is exact.
@@ -26,7 +26,7 @@ def derived_id(execution_id: uuid.UUID, label: str) -> uuid.UUID:
     """A deterministic id for something of this execution: exactly
     `uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")`, in half the time (the stdlib
     builds the UUID twice; several ids are derived per transition)."""
-    name = _NAMESPACE_BYTES + f"{execution_id}:{label}".encode()
+    name = _NAMESPACE_BYTES + f"{id_text(execution_id)}:{label}".encode()
     digest = hashlib.sha1(name, usedforsecurity=False).digest()  # what UUIDv5 is defined as
     return uuid.UUID(int=int.from_bytes(digest[:16], "big") & _VERSION_CLEAR | _VERSION_5)
 
