@@ -70,6 +70,11 @@ Retention: a finished execution gets a shell-only timer (`cadenza:retention`); w
 fires, a TimerFired with that id reaches the agent, which deletes the key (a tombstone
 in the changelog). decide() never sees that timer id.
 
+Memory: the process keeps a parsed state for every cached execution. Python's garbage
+collector is tuned for that (`heap`): larger thresholds, and everything alive once the
+partitions are recovered is frozen out of its passes; pauses are in
+`cadenza_scheduler_gc_pause_seconds`.
+
 Sub-workflows: the trigger-api attaches every referenced workflow's snapshot to the
 ExecutionRequested (`sub_workflows`, resolved recursively at execute time); decide() keeps
 that bundle in the state and starts children from it, so the scheduler needs no database.
