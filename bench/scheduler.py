@@ -37,6 +37,8 @@ from cadenza_common.kafka import (
     producer,
 )
 from cadenza_common.settings import KafkaSettings
+from cadenza_scheduler import heap
+from cadenza_scheduler.settings import Settings as SchedulerSettings
 
 CHAIN = 10
 SCHEDULER_LOG = "scheduler.log"
@@ -227,9 +229,8 @@ async def run(executions: int) -> list[dict[str, Any]]:
             bench = Bench(kafka, Path(tmp) / SCHEDULER_LOG)
             # the runner's own collector pauses would count as scheduler latency: same
             # settings as the scheduler's (cadenza_scheduler.heap)
-            gc.set_threshold(10_000, 50, 100)
-            gc.collect()
-            gc.freeze()
+            gc.set_threshold(*SchedulerSettings.model_fields["gc_thresholds"].default)
+            heap.settle()
             stop = asyncio.Event()
             async with producer(kafka, linger_ms=1) as prod:
                 tasks = [

@@ -284,8 +284,7 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
     from rendered: their JSON is taken from there. Kept on the state, so it lives as long
     as the nodes it renders (a process-wide cache kept old nodes alive, and made the
     garbage collector's full passes slower)."""
-    private = state.__pydantic_private__
-    assert private is not None
+    private = state._private()
     rendered = private["_nodes_json"]
     fresh: dict[str, tuple[NodeState, orjson.Fragment]] = {}
     for node_id, node in state.nodes.items():
