@@ -2,8 +2,15 @@
 
 Each execution is a chain of service_call nodes. A transition is one StepSucceeded applied
 by the scheduler. Latency is from the runner producing StepSucceeded for node n to the runner
-consuming the StepReady of node n+1 (both clocks are this process). Two phases: saturation
-(many executions at once) and a paced run at half the measured rate.
+consuming the StepReady of node n+1 (both clocks are this process).
+
+Sustained figures, measured in steady state: a warm-up of a few executions first (topic
+metadata, connections, the workflow's validated spec), then two timed phases of
+`CADENZA_BENCH_SECONDS` (20) each. Saturation keeps `CADENZA_BENCH_EXECUTIONS` (600)
+executions in flight, starting a new one as each finishes; the paced phase starts
+executions at half the saturated rate, open loop. Each phase counts transitions and
+latencies only after its first `WINDOW_START_S` seconds (the ramp), and then waits for its
+executions to finish before the next phase starts.
 
 Needs a Kafka broker: `CADENZA_BENCH_KAFKA` (or `CADENZA_TEST_KAFKA`), default 127.0.0.1:9092.
 """
@@ -41,6 +48,8 @@ from cadenza_scheduler import heap
 from cadenza_scheduler.settings import Settings as SchedulerSettings
 
 CHAIN = 10
+WARMUP_EXECUTIONS = 50
+WINDOW_START_S = 3.0
 SCHEDULER_LOG = "scheduler.log"
 ORG = uuid.UUID("0190f0f0-0000-7000-8000-0000000000aa")
 
@@ -66,13 +75,18 @@ def _port() -> int:
 
 
 class Bench:
-    def __init__(self, kafka: KafkaSettings, log: Path | None = None) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, log: Path | None = None, scheduler_pid: int | None = None
+    ) -> None:
         self.kafka = kafka
         self.log = log
+        self.scheduler_pid = scheduler_pid
         self.topics = ev.Topics(kafka.topic_prefix)
-        self.sent_at: dict[tuple[uuid.UUID, int], float] = {}
-        self.latencies: list[float] = []
-        self.completed = 0
+        # (execution, node index) -> when its StepSucceeded was produced (perf_counter, wall)
+        self.sent_at: dict[tuple[uuid.UUID, int], tuple[float, float]] = {}
+        # (when the StepReady came, latency, of which until the scheduler produced it)
+        self.latencies: list[tuple[float, float, float]] = []
+        self.transitions: list[float] = []  # when each StepSucceeded was recorded
         self.finished: set[uuid.UUID] = set()
 
     async def runner(self, prod: AIOKafkaProducer, stop: asyncio.Event) -> None:
@@ -82,6 +96,7 @@ class Bench:
             while not stop.is_set():
                 batch = await cons.getmany(timeout_ms=50, max_records=2000)
                 now = time.perf_counter()
+                wall = time.time()
                 futures = []
                 answered = []
                 for records in batch.values():
@@ -91,7 +106,10 @@ class Bench:
                         index = int(ready.node_id[1:])
                         previous = self.sent_at.pop((ready.execution_id, index - 1), None)
                         if previous is not None:
-                            self.latencies.append(now - previous)
+                            # the record's timestamp: when the scheduler produced it (ms)
+                            produced = min(record.timestamp / 1000, wall)
+                            inside = max(0.0, produced - previous[1])
+                            self.latencies.append((now, now - previous[0], inside))
                         out = ev.StepSucceeded(
                             execution_id=ready.execution_id,
                             org_id=ready.org_id,
@@ -110,7 +128,7 @@ class Bench:
                         )
                 # produced now: the producer sends the batch once this task yields (stamping
                 # each record as it was built counted the rest of the batch's handling)
-                sent = time.perf_counter()
+                sent = time.perf_counter(), time.time()
                 for answer in answered:
                     self.sent_at[answer] = sent
                 if futures:
@@ -130,55 +148,108 @@ class Bench:
                     for record in records:
                         ce_type = dict(record.headers).get("ce_type", b"")
                         if ce_type == b"cadenza.step.succeeded":
-                            self.completed += 1
+                            self.transitions.append(time.perf_counter())
                         elif ce_type == b"cadenza.execution.succeeded":
                             self.finished.add(uuid.UUID(record.key.decode()))
 
-    async def request(self, prod: AIOKafkaProducer, count: int, rate: float | None) -> list[Any]:
-        ids = []
-        start = time.perf_counter()
-        for i in range(count):
-            event = ev.ExecutionRequested(
-                execution_id=uuid.uuid4(),
-                org_id=ORG,
-                workflow_id=ORG,
-                workflow_version=1,
-                workflow=_workflow(),
-            )
-            msg = encode(event, source="/bench")
-            await prod.send(
-                self.topics.executions_commands, msg.value, key=msg.key, headers=msg.headers
-            )
-            ids.append(event.execution_id)
-            if rate:
-                delay = start + (i + 1) / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-        return ids
+    async def start(self, prod: AIOKafkaProducer) -> uuid.UUID:
+        """Request one execution of the chain."""
+        event = ev.ExecutionRequested(
+            execution_id=uuid.uuid4(),
+            org_id=ORG,
+            workflow_id=ORG,
+            workflow_version=1,
+            workflow=_workflow(),
+        )
+        msg = encode(event, source="/bench")
+        await prod.send(
+            self.topics.executions_commands, msg.value, key=msg.key, headers=msg.headers
+        )
+        return event.execution_id
 
-    async def phase(self, prod: AIOKafkaProducer, count: int, rate: float | None) -> dict[str, Any]:
-        self.latencies.clear()
-        done_before = self.completed
-        errors_before = self.scheduler_errors()
-        start = time.perf_counter()
-        ids = await self.request(prod, count, rate)
-        deadline = start + 600
+    async def warm_up(self, prod: AIOKafkaProducer) -> None:
+        """A few executions to the end, not measured: metadata, connections, caches."""
+        ids = [await self.start(prod) for _ in range(WARMUP_EXECUTIONS)]
+        await self.drain(ids, time.perf_counter() + 120)
+
+    async def drain(self, ids: list[uuid.UUID], deadline: float) -> None:
         while not self.finished.issuperset(ids) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - start
-        transitions = self.completed - done_before
+
+    async def phase(
+        self, prod: AIOKafkaProducer, in_flight: int, rate: float | None, seconds: float
+    ) -> dict[str, Any]:
+        """Run for `seconds`: `in_flight` executions at all times (rate None), or `rate`
+        new executions a second; then wait for the started ones to finish."""
+        errors_before = self.scheduler_errors()
+        start = time.perf_counter()
+        end = start + seconds
+        ids: list[uuid.UUID] = []
+        running: set[uuid.UUID] = set()
+        cpu_at_window: tuple[float, float] | None = None
+        while (now := time.perf_counter()) < end:
+            if cpu_at_window is None and now >= start + WINDOW_START_S:
+                cpu_at_window = self.scheduler_cpu()
+            running = {i for i in running if i not in self.finished}
+            if rate is None:
+                wanted = in_flight - len(running)
+            else:
+                wanted = int((now - start) * rate) + 1 - len(ids)
+            for _ in range(max(0, wanted)):
+                ids.append(await self.start(prod))
+                running.add(ids[-1])
+            await asyncio.sleep(0.005)
+        cpu_at_end = self.scheduler_cpu()
+        await self.drain(ids, time.perf_counter() + 300)
+        window = (start + WINDOW_START_S, end)
+        transitions = sum(window[0] <= t < window[1] for t in self.transitions)
+        timed = [(lat, inside) for t, lat, inside in self.latencies if window[0] <= t < window[1]]
+        latencies = [lat for lat, _ in timed]
+        insides = [inside for _, inside in timed]
+        self.transitions.clear()
+        self.latencies.clear()
+        main_s = all_s = 0.0
+        if cpu_at_window is not None:
+            main_s = cpu_at_end[0] - cpu_at_window[0]
+            all_s = cpu_at_end[1] - cpu_at_window[1]
+        per = 1e6 / max(1, transitions)
         return {
             "phase": "saturation" if rate is None else f"paced {rate * CHAIN:,.0f}/s",
-            "executions": count,
+            "in_flight": in_flight if rate is None else "",
+            "executions": len(ids),
             "finished": len(self.finished.intersection(ids)),
+            "window_s": round(window[1] - window[0], 1),
             "transitions": transitions,
-            "seconds": round(elapsed, 2),
-            "transitions_per_s": round(transitions / elapsed, 1),
-            "p50_ms": round(percentile(self.latencies, 50) * 1000, 2),
-            "p99_ms": round(percentile(self.latencies, 99) * 1000, 2),
+            "transitions_per_s": round(transitions / (window[1] - window[0]), 1),
+            "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+            # of which until the scheduler produced the StepReady (record timestamps, 1 ms
+            # resolution): the inbound hop and the scheduler; the rest is the hop back
+            "sched_p50_ms": round(percentile(insides, 50) * 1000, 1),
+            "sched_p99_ms": round(percentile(insides, 99) * 1000, 1),
+            # the scheduler's CPU per transition: its main thread (the GIL's holder, mostly)
+            # and the whole process (librdkafka's and Faust's consumer threads too)
+            "cpu_main_us": round(main_s * per),
+            "cpu_all_us": round(all_s * per),
             # a failed flush is retried after a back-off: it shows as latency, so count them
             "scheduler_errors": self.scheduler_errors() - errors_before,
         }
+
+    def scheduler_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the scheduler's main thread and of the whole process (0 off Linux)."""
+        pid = self.scheduler_pid
+        if pid is None:
+            return 0.0, 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def used(stat: str) -> float:
+            try:
+                fields = Path(stat).read_text().rpartition(")")[2].split()
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+        return used(f"/proc/{pid}/task/{pid}/stat"), used(f"/proc/{pid}/stat")
 
     def scheduler_errors(self) -> int:
         """ERROR lines in the scheduler's log so far."""
@@ -212,7 +283,7 @@ def _ready(port: int) -> bool:
         return False
 
 
-async def run(executions: int) -> list[dict[str, Any]]:
+async def run(executions: int, seconds: float) -> list[dict[str, Any]]:
     bootstrap = os.environ.get("CADENZA_BENCH_KAFKA") or os.environ.get(
         "CADENZA_TEST_KAFKA", "127.0.0.1:9092"
     )
@@ -226,7 +297,7 @@ async def run(executions: int) -> list[dict[str, Any]]:
                 if await asyncio.to_thread(_ready, port):
                     break
                 await asyncio.sleep(0.3)
-            bench = Bench(kafka, Path(tmp) / SCHEDULER_LOG)
+            bench = Bench(kafka, Path(tmp) / SCHEDULER_LOG, proc.pid)
             # the runner's own collector pauses would count as scheduler latency: same
             # settings as the scheduler's (cadenza_scheduler.heap)
             gc.set_threshold(*SchedulerSettings.model_fields["gc_thresholds"].default)
@@ -237,10 +308,10 @@ async def run(executions: int) -> list[dict[str, Any]]:
                     asyncio.create_task(bench.runner(prod, stop)),
                     asyncio.create_task(bench.history(stop)),
                 ]
-                await asyncio.sleep(2.0)
-                rows = [await bench.phase(prod, executions, None)]
+                await bench.warm_up(prod)
+                rows = [await bench.phase(prod, executions, None, seconds)]
                 half = rows[0]["transitions_per_s"] / 2 / CHAIN
-                rows.append(await bench.phase(prod, executions // 2, half))
+                rows.append(await bench.phase(prod, executions, half, seconds))
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
             return rows
@@ -254,14 +325,15 @@ async def run(executions: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    executions = int(os.environ.get("CADENZA_BENCH_EXECUTIONS", "300"))
-    rows = asyncio.run(run(executions))
+    executions = int(os.environ.get("CADENZA_BENCH_EXECUTIONS", "600"))
+    seconds = float(os.environ.get("CADENZA_BENCH_SECONDS", "20"))
+    rows = asyncio.run(run(executions, seconds))
     report(
         "scheduler",
         rows,
         notes=(
             f"one scheduler process (memory store), chains of {CHAIN} service_call nodes, "
             "synthetic runner answering at once; latency = StepSucceeded produced -> next "
-            "StepReady consumed"
+            f"StepReady consumed; figures from {WINDOW_START_S:.0f} s into each phase to its end"
         ),
     )
