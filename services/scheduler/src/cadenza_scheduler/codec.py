@@ -18,6 +18,7 @@ import orjson
 
 from cadenza_common.events import Event, event_class
 from cadenza_scheduler.domain import ExecutionState, dump_state, load_state
+from cadenza_scheduler.domain.state import make_room
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,7 @@ class StateCache:
         return stored
 
     def put(self, key: str, raw: bytes, stored: Stored) -> None:
-        if len(self._items) >= self._capacity:
-            self._items.pop(next(iter(self._items)))
+        make_room(self._items, self._capacity)
         self._items[key] = (raw, stored)
 
     def forget(self, key: str) -> None:

@@ -230,7 +230,7 @@ class _SpecJson:
             return hit[1], hit[2]
         raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         key = hashlib.blake2b(raw, digest_size=16).hexdigest()
-        _make_room(self.by_object, self._capacity)
+        make_room(self.by_object, self._capacity)
         fragment = orjson.Fragment(raw)
         self.by_object[id(spec)] = (spec, key, fragment)
         return key, fragment
@@ -245,11 +245,11 @@ class _SpecJson:
         return spec
 
     def remember(self, key: str, spec: WorkflowSpec) -> None:
-        _make_room(self.by_key, self._capacity)
+        make_room(self.by_key, self._capacity)
         self.by_key[key] = spec
 
 
-def _make_room(cache: dict[Any, Any], capacity: int) -> None:
+def make_room(cache: dict[Any, Any], capacity: int) -> None:
     """Drop the oldest entry of a full cache (insertion order is age order)."""
     if len(cache) >= capacity:
         cache.pop(next(iter(cache)))
