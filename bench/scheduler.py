@@ -8,9 +8,10 @@ Sustained figures, measured in steady state: a warm-up of a few executions first
 metadata, connections, the workflow's validated spec), then two timed phases of
 `CADENZA_BENCH_SECONDS` (20) each. Saturation keeps `CADENZA_BENCH_EXECUTIONS` (600)
 executions in flight, starting a new one as each finishes; the paced phase starts
-executions at half the saturated rate, open loop. Each phase counts transitions and
-latencies only after its first `WINDOW_START_S` seconds (the ramp), and then waits for its
-executions to finish before the next phase starts.
+executions at half the saturated rate, open loop. `CADENZA_BENCH_PACED_RATE` (in
+transitions/s, e.g. 1000: half the target) runs only the paced phase, at that rate. Each
+phase counts transitions and latencies only after its first `WINDOW_START_S` seconds (the
+ramp), and then waits for its executions to finish before the next phase starts.
 
 Needs a Kafka broker: `CADENZA_BENCH_KAFKA` (or `CADENZA_TEST_KAFKA`), default 127.0.0.1:9092.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import percentile, report
 from cadenza_common import events as ev
@@ -76,11 +78,16 @@ def _port() -> int:
 
 class Bench:
     def __init__(
-        self, kafka: KafkaSettings, log: Path | None = None, scheduler_pid: int | None = None
+        self,
+        kafka: KafkaSettings,
+        log: Path | None = None,
+        scheduler_pid: int | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         self.kafka = kafka
         self.log = log
         self.scheduler_pid = scheduler_pid
+        self.metrics_url = metrics_url
         self.topics = ev.Topics(kafka.topic_prefix)
         # (execution, node index) -> when its StepSucceeded was produced (perf_counter, wall)
         self.sent_at: dict[tuple[uuid.UUID, int], tuple[float, float]] = {}
@@ -187,9 +194,11 @@ class Bench:
         ids: list[uuid.UUID] = []
         running: set[uuid.UUID] = set()
         cpu_at_window: tuple[float, float] | None = None
+        batches_at_window: dict[str, float] = {}
         while (now := time.perf_counter()) < end:
             if cpu_at_window is None and now >= start + WINDOW_START_S:
                 cpu_at_window = self.scheduler_cpu()
+                batches_at_window = await asyncio.to_thread(self.scheduler_batches)
             running = {i for i in running if i not in self.finished}
             if rate is None:
                 wanted = in_flight - len(running)
@@ -200,6 +209,8 @@ class Bench:
                 running.add(ids[-1])
             await asyncio.sleep(0.005)
         cpu_at_end = self.scheduler_cpu()
+        batches = await asyncio.to_thread(self.scheduler_batches)
+        batches = {k: v - batches_at_window.get(k, 0.0) for k, v in batches.items()}
         await self.drain(ids, time.perf_counter() + 300)
         window = (start + WINDOW_START_S, end)
         transitions = sum(window[0] <= t < window[1] for t in self.transitions)
@@ -213,6 +224,7 @@ class Bench:
             main_s = cpu_at_end[0] - cpu_at_window[0]
             all_s = cpu_at_end[1] - cpu_at_window[1]
         per = 1e6 / max(1, transitions)
+        taken = max(1.0, batches.get("batches", 0.0))
         return {
             "phase": "saturation" if rate is None else f"paced {rate * CHAIN:,.0f}/s",
             "in_flight": in_flight if rate is None else "",
@@ -231,6 +243,17 @@ class Bench:
             # and the whole process (librdkafka's and Faust's consumer threads too)
             "cpu_main_us": round(main_s * per),
             "cpu_all_us": round(all_s * per),
+            # the scheduler's batches (its /metrics): records per batch, the mean time a batch
+            # spent applying, persisting and sending, and the share of the window it was busy
+            "batch_records": round(batches.get("records", 0.0) / taken, 1),
+            "apply_ms": round(batches.get("apply", 0.0) / taken * 1000, 2),
+            "persist_ms": round(batches.get("persist", 0.0) / taken * 1000, 2),
+            "send_ms": round(batches.get("send", 0.0) / taken * 1000, 2),
+            "agent_busy": round(
+                sum(batches.get(k, 0.0) for k in ("apply", "persist", "send"))
+                / (window[1] - window[0]),
+                2,
+            ),
             # a failed flush is retried after a back-off: it shows as latency, so count them
             "scheduler_errors": self.scheduler_errors() - errors_before,
         }
@@ -250,6 +273,27 @@ class Bench:
             return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
 
         return used(f"/proc/{pid}/task/{pid}/stat"), used(f"/proc/{pid}/stat")
+
+    def scheduler_batches(self) -> dict[str, float]:
+        """Totals of the scheduler's batch metrics so far: batches, records, and seconds
+        spent in each phase (empty when its /metrics cannot be read)."""
+        if self.metrics_url is None:
+            return {}
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "cadenza_scheduler_batch_records_count":
+                    totals["batches"] = sample.value
+                elif sample.name == "cadenza_scheduler_batch_records_sum":
+                    totals["records"] = sample.value
+                elif sample.name == "cadenza_scheduler_batch_seconds_sum":
+                    totals[sample.labels["phase"]] = sample.value
+        return totals
 
     def scheduler_errors(self) -> int:
         """ERROR lines in the scheduler's log so far."""
@@ -283,7 +327,10 @@ def _ready(port: int) -> bool:
         return False
 
 
-async def run(executions: int, seconds: float) -> list[dict[str, Any]]:
+async def run(
+    executions: int, seconds: float, paced_rate: float | None = None
+) -> list[dict[str, Any]]:
+    """Both phases; with `paced_rate` (transitions/s) only the paced one, at that rate."""
     bootstrap = os.environ.get("CADENZA_BENCH_KAFKA") or os.environ.get(
         "CADENZA_TEST_KAFKA", "127.0.0.1:9092"
     )
@@ -297,7 +344,9 @@ async def run(executions: int, seconds: float) -> list[dict[str, Any]]:
                 if await asyncio.to_thread(_ready, port):
                     break
                 await asyncio.sleep(0.3)
-            bench = Bench(kafka, Path(tmp) / SCHEDULER_LOG, proc.pid)
+            bench = Bench(
+                kafka, Path(tmp) / SCHEDULER_LOG, proc.pid, f"http://127.0.0.1:{port}/metrics"
+            )
             # the runner's own collector pauses would count as scheduler latency: same
             # settings as the scheduler's (cadenza_scheduler.heap)
             gc.set_threshold(*SchedulerSettings.model_fields["gc_thresholds"].default)
@@ -309,9 +358,11 @@ async def run(executions: int, seconds: float) -> list[dict[str, Any]]:
                     asyncio.create_task(bench.history(stop)),
                 ]
                 await bench.warm_up(prod)
-                rows = [await bench.phase(prod, executions, None, seconds)]
-                half = rows[0]["transitions_per_s"] / 2 / CHAIN
-                rows.append(await bench.phase(prod, executions, half, seconds))
+                rows = []
+                if paced_rate is None:
+                    rows.append(await bench.phase(prod, executions, None, seconds))
+                    paced_rate = rows[0]["transitions_per_s"] / 2
+                rows.append(await bench.phase(prod, executions, paced_rate / CHAIN, seconds))
                 stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
             return rows
@@ -327,7 +378,8 @@ async def run(executions: int, seconds: float) -> list[dict[str, Any]]:
 def main() -> None:
     executions = int(os.environ.get("CADENZA_BENCH_EXECUTIONS", "600"))
     seconds = float(os.environ.get("CADENZA_BENCH_SECONDS", "20"))
-    rows = asyncio.run(run(executions, seconds))
+    paced = os.environ.get("CADENZA_BENCH_PACED_RATE")
+    rows = asyncio.run(run(executions, seconds, float(paced) if paced else None))
     report(
         "scheduler",
         rows,

@@ -174,6 +174,7 @@ class Shell:
         they emitted is sent together: one round trip per batch instead of two per record.
         """
         batch = Batch(self.source)
+        started = time.perf_counter()
         for record in records:
             try:
                 event = decode(record.value, record.headers)
@@ -189,6 +190,8 @@ class Shell:
                 log.exception("record not handled", extra={"topic": record.topic})
                 reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
                 await self._dead_letter(record, reason)
+        self.metrics.apply_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_records.observe(len(records))
         await self._flush(batch)
 
     async def apply(self, event: ExecutionEvent) -> None:
@@ -234,9 +237,12 @@ class Shell:
         if not batch.outboxes:
             return
         failures = 0
+        started = time.perf_counter()
+        persisted = 0.0
         while True:
             try:
                 await self._persist(batch.outboxes)
+                persisted = time.perf_counter()
                 await self.send_events(batch.outgoing, batch.record)
                 break
             except Exception:
@@ -245,6 +251,9 @@ class Shell:
                 failures += 1
                 log.error("batch not flushed (attempt %d), retrying", failures, exc_info=True)
                 await asyncio.sleep(min(0.5 * failures, 5.0))
+        sent = time.perf_counter()
+        self.metrics.persist_seconds.observe(persisted - started)
+        self.metrics.send_seconds.observe(sent - persisted)
         for key in batch.outboxes:
             self.resent.discard(key)
             if key in batch.states:

@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
-    """Events processed by type, transitions, active executions, timers, decide() latency, lag."""
+    """Events processed by type, transitions, active executions, timers, decide() latency,
+    where each batch's time went, lag."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -41,6 +42,27 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
+        # where a batch's time goes: at half load the two round trips to the broker (states
+        # durable, then emits acknowledged) take about two thirds of it, and the agent takes
+        # no new records meanwhile (bench/README.md, scheduler session 8)
+        self.batch_seconds = Histogram(
+            "cadenza_scheduler_batch_seconds",
+            "Time a batch of input records spent in each step: apply (decode and decide() "
+            "every record), persist (until its states were on the broker), send (until its "
+            "emits were acknowledged); retries included",
+            ["phase"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.batch_records = Histogram(
+            "cadenza_scheduler_batch_records",
+            "Input records per batch the agent took",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=self.registry,
+        )
+        self.apply_seconds = self.batch_seconds.labels("apply")
+        self.persist_seconds = self.batch_seconds.labels("persist")
+        self.send_seconds = self.batch_seconds.labels("send")
         self.gc_pause = Histogram(
             "cadenza_scheduler_gc_pause_seconds",
             "Pauses of Python's garbage collector, by generation (see cadenza_scheduler.heap)",
