@@ -11,7 +11,7 @@ from typing import Any
 from cadenza_common import events as ev
 from cadenza_common.kafka import decode, encode
 from cadenza_scheduler import codec
-from cadenza_scheduler.agents import Shell, partition_of
+from cadenza_scheduler.agents import Record, Shell, partition_of
 from cadenza_scheduler.domain.simulate import request
 from cadenza_scheduler.timers import RETENTION
 
@@ -116,6 +116,41 @@ async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent(
     assert order == [f"durable outbox={len(sent.records)} sent=0"]
     assert sent.records
     assert outboxes == [sent.events()]  # the outbox holds the records as sent, encoded once
+
+
+async def test_each_batch_is_measured_records_and_time_applying_persisting_sending() -> None:
+    sched, _, sent, _ = shell()
+
+    async def slow_persist(keys: Iterable[str]) -> None:
+        await asyncio.sleep(0.05)
+
+    async def slow_send(*args: Any) -> Awaitable[None]:
+        await asyncio.sleep(0.02)
+        return await sent(*args)
+
+    sched._persist = slow_persist
+    sched._send = slow_send
+    requests = [request(flow(CALL_A), execution_id=uuid.uuid4()) for _ in range(3)]
+    records = []
+    for offset, req in enumerate(requests):
+        msg = encode(req, source="/test")
+        records.append(Record(msg.value, msg.headers, msg.key, "t.cmds", 0, offset))
+
+    await sched.on_records(records)
+
+    def sample(name: str, **labels: str) -> float:
+        return sched.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    assert sample("cadenza_scheduler_batch_records_count") == 1
+    assert sample("cadenza_scheduler_batch_records_sum") == 3
+    assert sample("cadenza_scheduler_batch_seconds_count", phase="apply") == 1
+    persisted = sample("cadenza_scheduler_batch_seconds_sum", phase="persist")
+    sending = sample("cadenza_scheduler_batch_seconds_sum", phase="send")
+    applying = sample("cadenza_scheduler_batch_seconds_sum", phase="apply")
+    assert 0.05 <= persisted < 1
+    # the emits are sent one after another (each awaited until handed to the producer)
+    assert 0.02 * len(sent.records) <= sending < 5
+    assert 0 < applying < persisted
 
 
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
