@@ -240,7 +240,7 @@ class Bench:
             "sched_p50_ms": round(percentile(insides, 50) * 1000, 1),
             "sched_p99_ms": round(percentile(insides, 99) * 1000, 1),
             # the scheduler's CPU per transition: its main thread (the GIL's holder, mostly)
-            # and the whole process (librdkafka's and Faust's consumer threads too)
+            # and the whole process (Faust's consumer thread too)
             "cpu_main_us": round(main_s * per),
             "cpu_all_us": round(all_s * per),
             # the scheduler's batches (its /metrics): records per batch, the mean time a batch

@@ -48,8 +48,8 @@ class Metrics:
         self.batch_seconds = Histogram(
             "cadenza_scheduler_batch_seconds",
             "Time a batch of input records spent in each step: apply (decode and decide() "
-            "every record), persist (until its states were on the broker), send (until its "
-            "emits were acknowledged); retries included",
+            "every record, dead-letter the bad ones), persist (until its states were on the "
+            "broker), send (until its emits were acknowledged); retries included",
             ["phase"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
             registry=self.registry,
