@@ -381,7 +381,9 @@ class Shell:
         self.heap.clear()
         self.active.clear()
         resent = 0
-        for key, raw in list(self.table.items()):
+        for index, (key, raw) in enumerate(list(self.table.items())):
+            if index % 1000 == 999:
+                await asyncio.sleep(0)  # the consumer's heartbeats share this loop
             if partition_of(key, self.partitions) not in owned:
                 continue
             summary = codec.summary(raw)

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web as aioweb
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.futures import maybe_async
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
@@ -123,15 +124,43 @@ def _changelog_key(key: str) -> bytes:
 
 
 def _consumer_class(fetch_max_wait_ms: int) -> type:
-    """Faust's aiokafka consumer, with our fetch wait instead of its fixed 1500 ms.
+    """Faust's aiokafka consumer, with our fetch wait, on the app's own event loop.
 
     aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered
     when it was sent: records arriving on another partition wait until that fetch returns,
     up to `fetch_max_wait_ms` (see `KafkaSettings`). With Faust's 1500 ms the benchmark's
     agent sat idle 70 % of the time while answers waited 1.7 s (p50) to be fetched.
+
+    Faust runs aiokafka's consumer in a thread with a loop of its own, and hands every
+    fetch, commit and seek to it through a method queue (rebalance callbacks come back
+    through another). Under load the two threads fought over the GIL: a fetch response
+    waited for the busy main thread to let go of it (up to the 5 ms switch interval), and
+    its records then crossed back through the queue. Here the same service runs on the
+    app's loop (`thread_loop` is that loop) and `call_thread` calls the consumer directly;
+    the queue in the other direction still works, as tasks on the one loop. Nothing of
+    the scheduler blocks the loop for long (a batch takes milliseconds; recovery yields),
+    so aiokafka's heartbeats keep their pace.
     """
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+        def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+            super().__init__(*args, loop=loop, thread_loop=loop, **kwargs)
+            self._serving: asyncio.Future[None] | None = None
+
+        async def start(self) -> None:
+            # mode's `ServiceThread.start`, serving as a task where it would start a thread
+            assert not self._thread_started.is_set()
+            self._thread_started.set()
+            self._thread_running = self.parent_loop.create_future()
+            self._serving = asyncio.ensure_future(self._serve())
+            try:
+                await self._thread_running  # set once started, or to the start's error
+            finally:
+                self._thread_running = None
+
+        async def call_thread(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            return await maybe_async(fun(*args, **kwargs))
+
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when it starts

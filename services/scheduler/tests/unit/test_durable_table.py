@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 from cadenza_scheduler.app import DurableTable, _changelog_key, create_app
@@ -66,3 +68,20 @@ async def test_the_consumer_fetches_with_the_configured_wait_not_fausts_fixed_on
     client = thread._create_worker_consumer(scheduler.app.transport)
 
     assert client._fetch_max_wait_ms == 7
+
+
+async def test_the_consumer_runs_on_the_apps_loop_and_is_called_directly() -> None:
+    scheduler = create_app(Settings())
+    thread = scheduler.app.consumer._new_consumer_thread()
+    callers: list[int] = []
+
+    async def on_the_consumer() -> str:
+        callers.append(threading.get_ident())
+        return "done"
+
+    async with asyncio.timeout(5):  # a thread's method queue would never answer here
+        result = await thread.call_thread(on_the_consumer)
+
+    assert result == "done"
+    assert callers == [threading.get_ident()]
+    assert thread.thread_loop is asyncio.get_running_loop()
