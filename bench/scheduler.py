@@ -12,6 +12,9 @@ executions at half the saturated rate, open loop. `CADENZA_BENCH_PACED_RATE` (in
 transitions/s, e.g. 1000: half the target) runs only the paced phase, at that rate. Each
 phase counts transitions and latencies only after its first `WINDOW_START_S` seconds (the
 ramp), and then waits for its executions to finish before the next phase starts.
+`CADENZA_BENCH_LATENCIES=PREFIX` also writes each phase's timed transitions to
+`PREFIX.saturation.json` and `PREFIX.paced.json`: `[seconds into the window, latency ms,
+of which until the scheduler produced ms]`, to see whether a tail is spread or clustered.
 
 Needs a Kafka broker: `CADENZA_BENCH_KAFKA` (or `CADENZA_TEST_KAFKA`), default 127.0.0.1:9092.
 """
@@ -32,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -216,6 +220,15 @@ class Bench:
         transitions = sum(window[0] <= t < window[1] for t in self.transitions)
         timed = [(lat, inside) for t, lat, inside in self.latencies if window[0] <= t < window[1]]
         latencies = [lat for lat, _ in timed]
+        if dump := os.environ.get("CADENZA_BENCH_LATENCIES"):
+            # every timed transition: seconds into the window, latency, of which inside (ms)
+            rows = [
+                (round(t - window[0], 4), round(lat * 1000, 2), round(inside * 1000, 1))
+                for t, lat, inside in self.latencies
+                if window[0] <= t < window[1]
+            ]
+            name = "saturation" if rate is None else "paced"
+            Path(f"{dump}.{name}.json").write_bytes(orjson.dumps(rows))
         insides = [inside for _, inside in timed]
         self.transitions.clear()
         self.latencies.clear()
@@ -239,8 +252,8 @@ class Bench:
             # resolution): the inbound hop and the scheduler; the rest is the hop back
             "sched_p50_ms": round(percentile(insides, 50) * 1000, 1),
             "sched_p99_ms": round(percentile(insides, 99) * 1000, 1),
-            # the scheduler's CPU per transition: its main thread (the GIL's holder, mostly)
-            # and the whole process (Faust's consumer thread too)
+            # the scheduler's CPU per transition: its main thread (the event loop, with
+            # Faust's consumer on it) and the whole process (its other threads too)
             "cpu_main_us": round(main_s * per),
             "cpu_all_us": round(all_s * per),
             # the scheduler's batches (its /metrics): records per batch, the mean time a batch
