@@ -26,6 +26,11 @@ Guarantees we rely on, and why they hold:
   `wait_first(delivery, suspend_flow)` tasks; one that waits (flow control suspended for a
   rebalance, a full buffer) is finished exactly as Faust does, abandoned when the flow
   stops. So no record of a revoked partition is delivered after the revocation.
+- Faust's consumer service runs on the app's event loop, not in a thread of its own
+  (`app._consumer_class`): fetches, commits and seeks are direct calls, rebalance
+  callbacks are tasks on the same loop. aiokafka's heartbeats therefore share the loop
+  with the agent; nothing holds it for long (a batch takes milliseconds, `Shell.recovered`
+  yields every 1,000 keys), far inside the session timeout.
 - Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
   unfinished record). One agent instance handles all assigned partitions in order.
 - The table changes only when a new value is assigned (`table[key] = value`); we never
