@@ -130,9 +130,25 @@ class Load:
             wait_for(lambda: self.succeeded() == EXECUTIONS, bound_s,
                      f"{EXECUTIONS} executions of {self.slug} to succeed", every=1.0)
         except AssertionError:
-            statuses = Counter(e["status"] for e in self.system.api.pages(
-                "/api/executions", {"workflow": self.slug}))
-            raise AssertionError(f"executions by status: {dict(statuses)}") from None
+            executions = self.system.api.pages("/api/executions", {"workflow": self.slug})
+            statuses = Counter(e["status"] for e in executions)
+            raise AssertionError(
+                f"executions by status: {dict(statuses)}\n{self.diagnosis(executions)}"
+            ) from None
+
+    def diagnosis(self, executions: list[dict[str, Any]]) -> str:
+        """What a rare failure needs to be understood after the machine is gone: the steps
+        of a few unfinished executions and the tails of the services' logs."""
+        lines = []
+        for summary in [e for e in executions if e["status"] != "succeeded"][:3]:
+            steps = self.system.api.execution(summary["id"])["steps"]
+            states = {s["nodeId"]: (s["status"], s["attempts"]) for s in steps}
+            lines.append(f"{summary['id']} {summary['status']}: {states}")
+        for name in ("scheduler", "step-runner", "audit-sink"):
+            process = self.system.processes.get(name)
+            if process is not None:
+                lines.append(f"--- {name} log (tail) ---\n{process.tail(3000)}")
+        return "\n".join(lines)
 
 
 def check_steps(load: Load) -> None:
