@@ -218,18 +218,17 @@ class Bench:
         await self.drain(ids, time.perf_counter() + 300)
         window = (start + WINDOW_START_S, end)
         transitions = sum(window[0] <= t < window[1] for t in self.transitions)
-        timed = [(lat, inside) for t, lat, inside in self.latencies if window[0] <= t < window[1]]
-        latencies = [lat for lat, _ in timed]
+        timed = [row for row in self.latencies if window[0] <= row[0] < window[1]]
+        latencies = [lat for _, lat, _ in timed]
+        insides = [inside for _, _, inside in timed]
         if dump := os.environ.get("CADENZA_BENCH_LATENCIES"):
             # every timed transition: seconds into the window, latency, of which inside (ms)
             rows = [
                 (round(t - window[0], 4), round(lat * 1000, 2), round(inside * 1000, 1))
-                for t, lat, inside in self.latencies
-                if window[0] <= t < window[1]
+                for t, lat, inside in timed
             ]
             name = "saturation" if rate is None else "paced"
             Path(f"{dump}.{name}.json").write_bytes(orjson.dumps(rows))
-        insides = [inside for _, inside in timed]
         self.transitions.clear()
         self.latencies.clear()
         main_s = all_s = 0.0

@@ -145,6 +145,7 @@ def _consumer_class(fetch_max_wait_ms: int) -> type:
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
         def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
             super().__init__(*args, loop=loop, thread_loop=loop, **kwargs)
+            # the served task, held: the event loop keeps only weak references to tasks
             self._serving: asyncio.Future[None] | None = None
 
         async def start(self) -> None:
