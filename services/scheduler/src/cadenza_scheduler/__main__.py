@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
+import mode.loop
 
 from cadenza_scheduler import heap
 from cadenza_scheduler.app import create_app
 from cadenza_scheduler.settings import Settings
 
 
+def use_event_loop(name: str) -> None:
+    """Make `name` ("uvloop" or "asyncio") the loop every later `asyncio` call creates."""
+    if name == "uvloop":
+        mode.loop.use("uvloop")  # what Faust's `-L uvloop` does
+    else:
+        asyncio.set_event_loop_policy(None)
+
+
 def run() -> None:
     """Read the settings from the environment and run the worker until it is stopped."""
     settings = Settings()
+    use_event_loop(settings.event_loop)
     scheduler = create_app(settings)
     heap.configure(settings.gc_thresholds, scheduler.shell.metrics)
     worker = faust.Worker(scheduler.app, loglevel=settings.log_level)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +25,11 @@ class Settings(BaseSettings):
     write nothing waits for (the outbox cleared after a batch's sends) is held back up to
     `write_delay_s`, so the execution's next transition usually replaces it; a crash in
     that window only resends events consumers already have.
+
+    `event_loop` is `uvloop` (libuv's loop, what Faust's `-L uvloop` selects) or `asyncio`
+    (the standard library's). Under load the standard loop's own turns (ready queue,
+    selector, handles) were a few per cent of the scheduler's CPU, and its latency at a
+    fixed load was higher; see bench/README.md.
 
     `gc_thresholds` are the garbage collector's (`gc.set_threshold`). Python's default
     (700, 10, 10) made the collector a tenth of the scheduler's CPU under load, with full
@@ -47,6 +54,7 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(default=0.001, gt=0)
     write_delay_s: float = Field(default=1.0, ge=0)
     gc_thresholds: tuple[int, int, int] = (10_000, 50, 100)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @field_validator("store")
