@@ -42,9 +42,22 @@ from cadenza_scheduler.timers import RETENTION, TimerHeap
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
-# send(topic, key, value, headers, partition) -> awaitable that resolves once the broker
-# acknowledged (partition None: the producer's partitioner picks it from the key)
-Send = Callable[[str, bytes | None, bytes | None, Headers, int | None], Awaitable[Awaitable[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One record to produce (partition None: the producer's partitioner picks it)."""
+
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+# send(records) -> returns once the producer holds them all, in order, with one awaitable a
+# record that resolves once the broker acknowledged it (records of one batch share one)
+Send = Callable[[Sequence[Outgoing]], Awaitable[Sequence[Awaitable[Any]]]]
 # persist(keys) -> returns once the table's latest values of `keys` are on the broker
 Persist = Callable[[Iterable[str]], Awaitable[None]]
 
@@ -318,15 +331,15 @@ class Shell:
             record = functools.partial(encode, source=self.source)
 
         async def send_all() -> None:
-            pending = []
+            outgoing = []
             for event in events:
                 msg = record(event)
                 topic = self.topics.name(topic_for(event))
                 partition = (
                     None if msg.key is None else partition_of(msg.key.decode(), self.partitions)
                 )
-                pending.append(await self._send(topic, msg.key, msg.value, msg.headers, partition))
-            await asyncio.gather(*pending)
+                outgoing.append(Outgoing(topic, partition, msg.key, msg.value, msg.headers))
+            await asyncio.gather(*set(await self._send(outgoing)))
 
         await self._retrying(send_all)
 
@@ -356,7 +369,8 @@ class Shell:
         )
 
         async def send() -> None:
-            await (await self._send(self.topics.dlq, record.key, record.value, out, None))
+            dead = Outgoing(self.topics.dlq, None, record.key, record.value, out)
+            await asyncio.gather(*(await self._send([dead])))
 
         try:
             await self._retrying(send)
@@ -439,4 +453,4 @@ def _retention_timer(state: ExecutionState, now: datetime) -> TimerFired:
     )
 
 
-__all__ = ["Batch", "Persist", "Record", "Shell", "partition_of"]
+__all__ = ["Batch", "Outgoing", "Persist", "Record", "Send", "Shell", "partition_of"]
