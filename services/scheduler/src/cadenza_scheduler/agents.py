@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -88,6 +89,9 @@ class Batch:
     states: dict[str, tuple[ExecutionState | None, bytes]] = field(default_factory=dict)
     # each emit as a record, encoded once for both the outbox and the send (by event object)
     records: dict[int, tuple[Event, KafkaMessage]] = field(default_factory=dict)
+    # input records handled and events emitted, by type: counted into the metrics once
+    handled: Counter[str] = field(default_factory=Counter)
+    emitted: Counter[str] = field(default_factory=Counter)
 
     def queue(self, key: str, events: Sequence[Event]) -> None:
         self.outboxes.setdefault(key, []).extend(events)
@@ -198,20 +202,29 @@ class Shell:
                 continue
             try:
                 self._apply_one(batch, event)
-                self.metrics.event(event.CE_TYPE).inc()
+                batch.handled[event.CE_TYPE] += 1
             except Exception as exc:
                 log.exception("record not handled", extra={"topic": record.topic})
                 reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
                 await self._dead_letter(record, reason)
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(len(records))
+        self._count(batch)
         await self._flush(batch)
 
     async def apply(self, event: ExecutionEvent) -> None:
         """Apply one event as a batch of one (raises what decide() raises)."""
         batch = Batch(self.source)
         self._apply_one(batch, event)
+        batch.handled[event.CE_TYPE] += 1
+        self._count(batch)
         await self._flush(batch)
+
+    def _count(self, batch: Batch) -> None:
+        for ce_type, n in batch.handled.items():
+            self.metrics.event(ce_type).inc(n)
+        for ce_type, n in batch.emitted.items():
+            self.metrics.transition(ce_type).inc(n)
 
     def _apply_one(self, batch: Batch, event: ExecutionEvent) -> None:
         """Load the execution, queue a leftover outbox, decide, save with the outbox."""
@@ -238,7 +251,7 @@ class Shell:
         stored_now = Stored(decision.state, list(batch.outboxes[key]))
         self._save(key, stored_now, state_bytes, batch.record_json)
         for emitted in decision.emits:
-            self.metrics.transition(emitted.CE_TYPE).inc()
+            batch.emitted[emitted.CE_TYPE] += 1
 
     async def _flush(self, batch: Batch) -> None:
         """Wait until the batch's table writes are durable, send its emits, clear outboxes.

@@ -147,6 +147,31 @@ async def test_each_batch_is_measured_records_and_time_applying_persisting_sendi
     assert 0 < applying < persisted
 
 
+async def test_records_handled_and_events_emitted_are_counted_by_type() -> None:
+    sched, _, sent, _ = shell()
+    requests = [request(flow(CALL_A), execution_id=uuid.uuid4()) for _ in range(3)]
+    records = []
+    for offset, req in enumerate(requests):
+        msg = encode(req, source="/test")
+        records.append(Record(msg.value, msg.headers, msg.key, "t.cmds", 0, offset))
+    records.append(Record(b"{", [("ce_type", b"cadenza.step.ready")], None, "t.cmds", 0, 3))
+
+    await sched.on_records(records)
+    await sched.apply(request(flow(CALL_A), execution_id=uuid.uuid4()))
+
+    def count(name: str, ce_type: str) -> float | None:
+        return sched.metrics.registry.get_sample_value(name, {"type": ce_type})
+
+    assert count("cadenza_scheduler_events_total", ev.ExecutionRequested.CE_TYPE) == 4
+    assert count("cadenza_scheduler_events_total", "dlq") == 1
+    assert count("cadenza_scheduler_transitions_total", ev.StepReady.CE_TYPE) == 4
+    emitted = sum(
+        count("cadenza_scheduler_transitions_total", t) or 0
+        for t in {e.CE_TYPE for e in sent.events()}
+    )
+    assert emitted == len(sent.events())
+
+
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
     first, table, sent_before, _ = shell()
     req = request(flow(CALL_A))
