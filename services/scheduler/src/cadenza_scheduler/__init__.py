@@ -1,6 +1,6 @@
 """Cadenza scheduler service: a faust-streaming app around the pure `domain.decide()`.
 
-What it does: one agent task reads `executions.commands` and `steps.completed`
+What it does: one agent (concurrency 1) reads `executions.commands` and `steps.completed`
 (both keyed by execution id, same partition count, so co-partitioned), keeps each
 execution in the Faust table `executions` (key: execution id, value: JSON bytes, see
 `codec`), calls `decide(state, event, now)` and sends what it emits to `steps.ready`,
@@ -21,32 +21,28 @@ Guarantees we rely on, and why they hold:
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
   a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`.
-- Fetched records go through Faust's own drain loop with one change
-  (`app._drain_messages`): records of the agent's two topics go straight to its inbox
-  (`app.Inbox`), past Faust's conductor, channel and stream, once flow control lets them
-  (as the conductor waits); any other record is delivered as Faust does. The agent
-  (`app._agent`) tracks a record when it takes it, so Faust's `wait_empty` at a rebalance
-  waits for it, and acks it once the shell handled it. Records fetched for an assignment
-  that is over (another generation, or the flow suspended) are dropped unacked, and the
-  revocation empties the inbox; their offsets are not committed, so the next owner
-  fetches them again.
+- Fetched records reach the conductor through Faust's own drain loop with one change
+  (`app._drain_messages`): a delivery that need not wait is run at once instead of in
+  `wait_first(delivery, suspend_flow)` tasks; one that waits (flow control suspended for a
+  rebalance, a full buffer) is finished exactly as Faust does, abandoned when the flow
+  stops. So no record of a revoked partition is delivered after the revocation.
 - Faust's consumer service runs on the app's event loop, not in a thread of its own
   (`app._consumer_class`): fetches, commits and seeks are direct calls, rebalance
   callbacks are tasks on the same loop. aiokafka's heartbeats therefore share the loop
   with the agent; nothing holds it for long (a batch takes milliseconds, `Shell.recovered`
   yields every 1,000 keys), far inside the session timeout.
-- One agent task handles all assigned partitions in order (faust #606: with concurrency
-  > 1 offsets can be committed past an unfinished record).
+- Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
+  unfinished record). One agent instance handles all assigned partitions in order.
 - The table changes only when a new value is assigned (`table[key] = value`); we never
   mutate a value in place (decide() returns a new state; we store new bytes).
-- `Shell.on_records` catches everything: undecodable records (PoisonRecord) and records
+- A raising agent is restarted by its supervisor and the record is skipped, so
+  `Shell.on_record` catches everything: undecodable records (PoisonRecord) and records
   whose handling raised go to the DLQ with the `dlq_*` headers of `DeadLetters`. Sends
-  are retried with backoff before a record is given up to the DLQ. Should it raise all
-  the same (a bug), the agent crashes the worker rather than go on without acking.
+  are retried with backoff before a record is given up to the DLQ.
 
 No lost emits across a crash (the outbox). The agent takes records in batches
-(`Inbox.take`; it acks a batch's records only after the shell handled it) and, for each
-batch:
+(`app.take_available`, with acks disabled on the stream: the agent acks a batch's
+records only after the shell handled it) and, for each batch:
   1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
      outbox accumulates when a batch holds several records of one execution);
   2. `persist` those keys: their changelog writes are on the broker (one round trip per

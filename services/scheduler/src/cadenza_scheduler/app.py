@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import (
+    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -168,7 +169,7 @@ def _changelog_key(key: str) -> bytes:
     return orjson.dumps(key)
 
 
-def _consumer_class(fetch_max_wait_ms: int, inbox: Inbox) -> type:
+def _consumer_class(fetch_max_wait_ms: int) -> type:
     """Faust's aiokafka consumer, with our fetch wait, on the app's own event loop.
 
     aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered
@@ -217,12 +218,12 @@ def _consumer_class(fetch_max_wait_ms: int, inbox: Inbox) -> type:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
         async def _drain_messages(self, fetcher: Any) -> None:
-            await _drain_messages(self, fetcher, inbox)
+            await _drain_messages(self, fetcher)
 
     return Consumer
 
 
-async def _drain_messages(consumer: Any, fetcher: Any, inbox: Inbox) -> None:
+async def _drain_messages(consumer: Any, fetcher: Any) -> None:
     """Faust's `Consumer._drain_messages` (faust-streaming 0.15), delivering each record at
     once when its delivery does not have to wait.
 
@@ -250,7 +251,7 @@ async def _drain_messages(consumer: Any, fetcher: Any, inbox: Inbox) -> None:
                     if since_yield > yield_every:
                         await asyncio.sleep(0)
                         since_yield = 0
-                    await _take(consumer, tp, message, inbox)
+                    await _take(consumer, tp, message)
                 consumer.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
@@ -266,11 +267,8 @@ async def _drain_messages(consumer: Any, fetcher: Any, inbox: Inbox) -> None:
         consumer.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
-async def _take(consumer: Any, tp: Any, message: Any, inbox: Inbox) -> None:
-    """One fetched record, as Faust's loop body: gaps, commit cadence, delivery, position.
-
-    A record of the agent's topics goes to its inbox; any other through Faust's conductor.
-    """
+async def _take(consumer: Any, tp: Any, message: Any) -> None:
+    """One fetched record, as Faust's loop body: gaps, commit cadence, delivery, position."""
     offset = message.offset
     read_offset = consumer._read_offset[tp]
     if read_offset is not None and offset < read_offset:
@@ -282,11 +280,7 @@ async def _take(consumer: Any, tp: Any, message: Any, inbox: Inbox) -> None:
     if commit_every is not None and consumer._n_acked >= commit_every:
         consumer._n_acked = 0
         await consumer.commit()
-    if message.topic in inbox.topics:
-        await consumer.app.flow_control.acquire()  # as Faust's conductor waits
-        await inbox.put(message)
-    else:
-        await _deliver(consumer, consumer.callback(message))
+    await _deliver(consumer, consumer.callback(message))
     consumer._read_offset[tp] = offset
 
 
@@ -327,97 +321,61 @@ class _Resumed:
                     return stop.value
 
 
-class Inbox:
-    """Input records on their way from the consumer to the agent task, in batches.
+async def take_available(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+    """Batches of the stream's events, each taken at most `within` seconds after its first
+    event arrived (or as soon as `max_` are there).
 
-    Faust hands each record to its conductor, which decodes it into an event for a channel
-    queue, from which a stream takes it, with sensors, a current event and an ack on each
-    step: about a tenth of the saturated scheduler's main thread (py-spy, bench/README.md).
-    The consumer's drain loop (`_take`) puts the records of the agent's topics here
-    instead, and the agent (`_agent`) takes them as batches: every record waiting, at most
-    `within` seconds after the first of them arrived (each batch costs two round trips to
-    the broker whatever its size, so an idle agent waits that long for others to share
-    them). `put` waits while `max_` are waiting.
+    The caller acks each event (`stream.ack`) once it is done with it; nothing is acked
+    here. Events go on arriving while a batch is handled (the stream waits only while
+    `max_` are pending). Faust's `Stream.take_events` instead stops taking events while a
+    batch is handled and then waits `within` from that moment, even with a backlog: idle
+    time under load. Here a backlog is taken at once, and an idle agent waits at most
+    `within` after an event arrives for others to share its round trips to the broker
+    (each batch costs two, and their CPU, whatever its size).
     """
+    pending: list[Any] = []
+    first_at = 0.0
+    arrived = asyncio.Event()
+    full = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
 
-    def __init__(self, topics: Iterable[str], max_: int) -> None:
-        self.topics = frozenset(topics)
-        self.max = max_
-        self.pending: list[Any] = []
-        self.first_at = 0.0
-        self.arrived = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
+    async def add(value: Any) -> Any:
+        nonlocal first_at
+        while len(pending) >= max_:
+            room.clear()
+            await stream.wait(room)
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("take_available found no current event")
+        if not pending:
+            first_at = time.monotonic()
+        pending.append(event)
+        arrived.set()
+        if len(pending) >= max_:
+            full.set()
+        return value
 
-    async def put(self, message: Any) -> None:
-        while len(self.pending) >= self.max:
-            self.room.clear()
-            await self.room.wait()
-        if not self.pending:
-            self.first_at = time.monotonic()
-        self.pending.append(message)
-        self.arrived.set()
-
-    async def take(self, within: float) -> list[Any]:
-        """The next batch (never empty)."""
-        while not self.pending:
-            self.arrived.clear()
-            await self.arrived.wait()
-        wait = self.first_at + within - time.monotonic()
-        if wait > 0 and len(self.pending) < self.max:
-            await asyncio.sleep(wait)
-        return self.clear()
-
-    def clear(self) -> list[Any]:
-        """Take every waiting record out."""
-        taken, self.pending = self.pending, []
-        self.room.set()
-        return taken
-
-
-def _agent(
-    app: faust.App, shell: Shell, inbox: Inbox, within: float
-) -> Callable[[], Awaitable[None]]:
-    """The agent: batches from the inbox through the shell, each acked once it is handled.
-
-    A record is tracked as taken (Faust's `wait_empty` waits for it at a rebalance) and acked
-    (its offset may be committed) only once the shell handled it; records fetched for an
-    assignment that is over (another generation, or the flow suspended for a rebalance)
-    are dropped unacked, and fetched again from the committed offset by their next owner.
-    One task handles every assigned partition in order (faust #606: with concurrency > 1
-    offsets can be committed past an unfinished record).
-    """
-
-    async def schedule() -> None:
-        consumer: Any = app.consumer
-        monitor: Any = app.monitor
-        while not app.should_stop:
-            messages = await inbox.take(within)
-            generation = app.consumer_generation_id
-            if not app.flow_control.is_active():
-                continue
-            taken = [m for m in messages if m.generation_id == generation]
-            now = monitor.time()
-            for message in taken:
-                message.tracked = True
-                consumer.track_message(message)
-                # what Faust's stream reports, for its check that partitions keep moving
-                monitor.stream_inbound_time[message.tp] = now
-            try:
-                await shell.on_records(
-                    [
-                        Record(m.value, m.headers, m.key, m.topic, m.partition, m.offset)
-                        for m in taken
-                    ]
-                )
-            except Exception as exc:  # on_records handles every record: this is a bug
-                log.critical("the agent failed; stopping the worker", exc_info=True)
-                await app.crash(exc)
-                return
-            for message in taken:
-                consumer.ack(message)
-
-    return schedule
+    acks = stream.enable_acks
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(arrived)
+            wait = first_at + within - time.monotonic()
+            if wait > 0 and not full.is_set():
+                await stream.wait_for_stopped(full, timeout=wait)
+            batch = pending[:]
+            pending.clear()
+            arrived.clear()
+            full.clear()
+            room.set()
+            if batch:
+                yield batch
+    finally:
+        stream.enable_acks = acks
+        stream._processors.remove(add)
 
 
 @dataclass
@@ -466,17 +424,7 @@ def create_app(settings: Settings) -> Scheduler:
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 6),
     )
     # this app's transport instance only (Faust has no setting for the fetch wait)
-    inputs = app.topic(
-        topics.executions_commands,
-        topics.steps_completed,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
-    app.topics.add(inputs)  # subscribed (with acks) like an agent's topic
-    inbox = Inbox(inputs.topics, settings.batch_max)
-    app.transport.Consumer = _consumer_class(kafka.fetch_max_wait_ms, inbox)  # type: ignore[misc]
+    app.transport.Consumer = _consumer_class(kafka.fetch_max_wait_ms)  # type: ignore[misc]
     table = app.Table("executions", key_type=str, value_type=bytes, partitions=kafka.partitions)
     assert isinstance(table, DurableTable)
     table.write_delay_s = settings.write_delay_s
@@ -497,15 +445,43 @@ def create_app(settings: Settings) -> Scheduler:
         persist=table.persist,
     )
     ready = asyncio.Event()
-    app.task(_agent(app, shell, inbox, settings.batch_within_s))
-    _on_rebalance(app, table, shell, topics, ready, inbox)
+    inputs = app.topic(
+        topics.executions_commands,
+        topics.steps_completed,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+
+    @app.agent(inputs, concurrency=1)
+    async def schedule(stream: Any) -> None:
+        # A batch is acked only once the shell handled it (see the package docstring).
+        async for events in take_available(stream, settings.batch_max, settings.batch_within_s):
+            await shell.on_records(
+                [
+                    Record(
+                        event.value,
+                        event.message.headers,
+                        event.key,
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                    )
+                    for event in events
+                ]
+            )
+            for event in events:
+                await stream.ack(event)
+
+    _on_rebalance(app, table, shell, topics, ready)
     app.task(_timer_task(app, shell, table, metrics, topics, ready, settings.timer_tick_s))
     _add_views(app, shell, metrics, ready)
     return Scheduler(app=app, shell=shell, table=table, ready=ready)
 
 
 def _on_rebalance(
-    app: faust.App, table: Any, shell: Shell, topics: Topics, ready: asyncio.Event, inbox: Inbox
+    app: faust.App, table: Any, shell: Shell, topics: Topics, ready: asyncio.Event
 ) -> None:
     """Revocation drops the in-memory indexes; recovery rebuilds them and resends outboxes."""
 
@@ -513,7 +489,6 @@ def _on_rebalance(
         # Faust waited for every taken record to be acked (so flushed); the outbox clears
         # written since are still ours to send until the rebalance completes.
         ready.clear()
-        inbox.clear()  # records of the old assignment, none of them taken
         await _persist_quietly(table)
         table.forget()
         shell.revoked()

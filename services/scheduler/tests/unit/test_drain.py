@@ -1,5 +1,4 @@
-"""How a fetched record is handed on: to the agent's inbox, or to the conductor at once unless
-its delivery must wait."""
+"""How a fetched record is handed to the conductor: at once, unless its delivery must wait."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import pytest
 from mode import Service
 from mode.services import WaitResults
 
-from cadenza_scheduler.app import Inbox, _deliver
+from cadenza_scheduler.app import _deliver
 
 
 class FakeConsumer(Service):  # type: ignore[misc]
@@ -111,36 +110,3 @@ async def test_a_value_sent_into_the_delivery_after_its_wait_arrives() -> None:
     await asyncio.wait_for(delivering, 1)
 
     assert got == ["partition 3"]
-
-
-async def test_the_inbox_hands_over_everything_waiting_within_the_window_of_the_first() -> None:
-    inbox = Inbox(["t"], max_=10)
-    taking = asyncio.ensure_future(inbox.take(within=0.05))
-    await inbox.put("a")
-    await asyncio.sleep(0.01)
-    await inbox.put("b")
-    assert not taking.done()  # the first arrived 10 ms ago: its window is still open
-
-    assert await taking == ["a", "b"]
-    assert inbox.pending == []
-
-
-async def test_a_full_inbox_holds_the_consumer_until_the_agent_takes_or_a_revocation_clears() -> (
-    None
-):
-    inbox = Inbox(["t"], max_=2)
-    await inbox.put(1)
-    await inbox.put(2)
-    third = asyncio.ensure_future(inbox.put(3))
-    await asyncio.sleep(0.01)
-    assert not third.done()
-
-    assert await asyncio.wait_for(inbox.take(within=10.0), 1) == [1, 2]  # full: no window
-    await asyncio.wait_for(third, 1)
-    await inbox.put(4)
-    fifth = asyncio.ensure_future(inbox.put(5))
-    await asyncio.sleep(0.01)
-    assert not fifth.done()
-    assert inbox.clear() == [3, 4]  # what a revocation does
-    await asyncio.wait_for(fifth, 1)
-    assert inbox.pending == [5]
