@@ -47,7 +47,8 @@ records only after the shell handled it) and, for each batch:
      outbox accumulates when a batch holds several records of one execution);
   2. `persist` those keys: their changelog writes are on the broker (one round trip per
      batch);
-  3. send every emit, in order, and wait for the broker's acknowledgements;
+  3. send every emit, in order, and wait for the broker's acknowledgements (the records
+     of a partition go to the producer as one batch, in their order: `app.send_records`);
   4. `table[key] = {state: new, outbox: []}`, held back up to `write_delay_s` (1 s) so the
      execution's next transition usually replaces it, then sent with a batch's writes or
      by the timer task; everything left is sent at revocation and shutdown.
