@@ -28,8 +28,9 @@ class Settings(BaseSettings):
 
     `event_loop` is `uvloop` (libuv's loop, what Faust's `-L uvloop` selects) or `asyncio`
     (the standard library's). Under load the standard loop's own turns (ready queue,
-    selector, handles) were a few per cent of the scheduler's CPU, and its latency at a
-    fixed load was higher; see bench/README.md.
+    selector, handles) were a few per cent of the scheduler's CPU; with uvloop saturated
+    throughput did not change measurably, and latency at a fixed load was lower in most
+    paired runs (bench/README.md, scheduler session 10).
 
     `gc_thresholds` are the garbage collector's (`gc.set_threshold`). Python's default
     (700, 10, 10) made the collector a tenth of the scheduler's CPU under load, with full
