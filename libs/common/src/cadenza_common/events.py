@@ -515,6 +515,13 @@ def id_text(value: uuid.UUID) -> str:
     return str(value)
 
 
+def json_bytes(model: BaseModel) -> bytes:
+    """`model.model_dump_json().encode()`, the same bytes in half the time: pydantic-core's
+    serializer already returns bytes, which `model_dump_json` decodes to text (and its
+    keyword handling costs as much again). `kafka.encode` writes every event this way."""
+    return model.__pydantic_serializer__.to_json(model)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -27,6 +27,7 @@ from cadenza_common.events import (
     UnknownEventType,
     event_class,
     id_text,
+    json_bytes,
 )
 from cadenza_common.settings import KafkaSettings
 
@@ -85,8 +86,8 @@ def encode(event: Event, *, source: str, traceparent: str | None = None) -> Kafk
         headers.append(("ce_orgid", id_text(org_id).encode()))
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    value = event.model_dump_json().encode()  # pydantic's own JSON: twice as fast as via dicts
-    return KafkaMessage(key=event.partition_key().encode(), value=value, headers=headers)
+    key = event.partition_key().encode()
+    return KafkaMessage(key=key, value=json_bytes(event), headers=headers)
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -33,6 +33,8 @@ def test_event_round_trips_through_the_binary_mode_serde(event: ev.Event) -> Non
     assert header(msg.headers, "ce_specversion") == "1.0"
     assert header(msg.headers, "traceparent") == "00-abc-def-01"
     assert msg.key == event.partition_key().encode()
+    # the value is exactly pydantic's JSON of the model (`json_bytes` skips only its detours)
+    assert msg.value == event.model_dump_json().encode()
 
 
 def test_execution_events_carry_execution_and_org_extensions() -> None:

@@ -23,6 +23,7 @@ from cadenza_common.events import (
     StepError,
     TimerKind,
     WorkflowSnapshot,
+    json_bytes,
 )
 from cadenza_common.workflow import ValidationResult, WorkflowSpec, validate_workflow
 
@@ -290,7 +291,7 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
     for node_id, node in state.nodes.items():
         hit = rendered.get(node_id)
         if hit is None or hit[0] is not node:
-            hit = (node, orjson.Fragment(node.model_dump_json()))
+            hit = (node, orjson.Fragment(json_bytes(node)))
         fresh[node_id] = hit
     private["_nodes_json"] = fresh
     return {node_id: hit[1] for node_id, hit in fresh.items()}
