@@ -105,11 +105,20 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
                 Outgoing(topic, self.partition_for_key(k), _changelog_key(k), self.data.get(k), [])
                 for k in sending
             ]
-            # a key stays dirty until the producer took its record
-            acks = await send_records(self.app, records)
+            # Clean as of the values just read: a write while the producer takes them (the
+            # agent applies a batch while another persists) makes its key dirty again, so
+            # the next persist sends it instead of waiting for this older value.
+            for key in sending:
+                self.dirty.pop(key, None)
+            try:
+                acks = await send_records(self.app, records)
+            except BaseException:
+                now = time.monotonic()
+                for key in sending:
+                    self.dirty.setdefault(key, now)
+                raise
             for key, ack in zip(sending, acks, strict=True):
                 self.last_write[key] = ack
-                self.dirty.pop(key, None)
         waited = set(sending) if wanted is None else wanted.union(sending)
         waiting = [(k, self.last_write[k]) for k in waited if k in self.last_write]
         try:
