@@ -92,11 +92,6 @@ class Batch:
     # input records handled and events emitted, by type: counted into the metrics once
     handled: Counter[str] = field(default_factory=Counter)
     emitted: Counter[str] = field(default_factory=Counter)
-    # per key, the table's value once the batch was applied: its outbox is cleared after
-    # the sends only if no later batch has changed the key since (that one clears it)
-    applied: dict[str, bytes | None] = field(default_factory=dict)
-    # records that go to the DLQ instead, with the reason: sent first when flushed
-    dead: list[tuple[Record, str]] = field(default_factory=list)
 
     def queue(self, key: str, events: Sequence[Event]) -> None:
         self.outboxes.setdefault(key, []).extend(events)
@@ -170,8 +165,6 @@ class Shell:
         self.heap = TimerHeap()
         self.cache = codec.StateCache()
         self.resent: set[str] = set()
-        # keys of batches applied and not flushed yet: their outboxes are being sent
-        self.pending: Counter[str] = Counter()
         self.owned: set[int] = set(range(partitions))
         self.active: set[str] = set()
 
@@ -191,16 +184,11 @@ class Shell:
         await self.on_records([Record(value, headers, key, topic, partition, offset)])
 
     async def on_records(self, records: Sequence[Record]) -> None:
-        """Handle a batch of records in order (`apply_records`, then `flush`); never raises."""
-        await self.flush(self.apply_records(records))
+        """Handle a batch of records in order; never raises.
 
-    def apply_records(self, records: Sequence[Record]) -> Batch:
-        """Apply a batch of records to the table in order; never raises, does no I/O.
-
-        A record that cannot be decoded or handled is set aside for the DLQ with the reason
-        and the batch goes on. `flush` then makes the changes of the whole batch durable
-        together and sends what they emitted together: one round trip per batch instead of
-        two per record. The next batch may be applied while this one is flushed.
+        A record that cannot be decoded or handled goes to the DLQ with the reason and the
+        batch goes on. The changes of the whole batch are made durable together, then what
+        they emitted is sent together: one round trip per batch instead of two per record.
         """
         batch = Batch(self.source)
         started = time.perf_counter()
@@ -210,7 +198,7 @@ class Shell:
                 if not isinstance(event, ExecutionEvent):
                     raise PoisonRecord(f"{event.CE_TYPE} is not an execution event")
             except PoisonRecord as exc:
-                batch.dead.append((record, str(exc)))
+                await self._dead_letter(record, str(exc))
                 continue
             try:
                 self._apply_one(batch, event)
@@ -218,42 +206,19 @@ class Shell:
             except Exception as exc:
                 log.exception("record not handled", extra={"topic": record.topic})
                 reason = f"unhandleable {event.CE_TYPE}: {type(exc).__name__}: {exc}"
-                batch.dead.append((record, reason))
+                await self._dead_letter(record, reason)
         self.metrics.apply_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_records.observe(len(records))
-        self._applied(batch)
-        return batch
+        self._count(batch)
+        await self._flush(batch)
 
     async def apply(self, event: ExecutionEvent) -> None:
         """Apply one event as a batch of one (raises what decide() raises)."""
         batch = Batch(self.source)
         self._apply_one(batch, event)
         batch.handled[event.CE_TYPE] += 1
-        self._applied(batch)
-        await self.flush(batch)
-
-    def _applied(self, batch: Batch) -> None:
-        """Count the batch and note what it left in the table, until it is flushed."""
         self._count(batch)
-        for key in batch.outboxes:
-            batch.applied[key] = self.table.get(key)
-        self.pending.update(batch.outboxes.keys())
-
-    async def flush(self, batch: Batch) -> None:
-        """Send the batch's dead letters, make its states durable, send its emits, clear its
-        outboxes (see `_flush`); batches must be flushed one at a time, in the order they
-        were applied. Never raises but when cancelled."""
-        try:
-            for record, reason in batch.dead:
-                await self._dead_letter(record, reason)
-            await self._flush(batch)
-        finally:
-            for key in batch.outboxes:
-                left = self.pending[key] - 1
-                if left > 0:
-                    self.pending[key] = left
-                else:
-                    del self.pending[key]
+        await self._flush(batch)
 
     def _count(self, batch: Batch) -> None:
         for ce_type, n in batch.handled.items():
@@ -266,10 +231,7 @@ class Shell:
         key = id_text(event.execution_id)
         stored = self.cache.load(key, self.table.get(key))
         if key not in batch.outboxes:
-            if stored.outbox and key in self.pending:
-                # an earlier batch is sending them: kept until it has, not sent again
-                batch.outboxes[key] = list(stored.outbox)
-            elif stored.outbox and key not in self.resent:
+            if stored.outbox and key not in self.resent:
                 batch.queue(key, stored.outbox)  # left by a crash before its sends
             elif stored.outbox:
                 batch.outboxes[key] = []  # resent at recovery; cleared below
@@ -320,8 +282,6 @@ class Shell:
         self.metrics.send_seconds.observe(sent - persisted)
         for key in batch.outboxes:
             self.resent.discard(key)
-            if self.table.get(key) is not batch.applied.get(key):
-                continue  # a later batch changed it since: its flush clears the outbox
             if key in batch.states:
                 state, state_bytes = batch.states[key]
             else:

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
 from cadenza_scheduler import heap
-from cadenza_scheduler.agents import Batch, Outgoing, Record, Shell, partition_of
+from cadenza_scheduler.agents import Outgoing, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.settings import Settings
 
@@ -465,37 +465,23 @@ def create_app(settings: Settings) -> Scheduler:
 
     @app.agent(inputs, concurrency=1)
     async def schedule(stream: Any) -> None:
-        # A batch is acked only once the shell flushed it (see the package docstring). The
-        # next batch is applied while one is flushed; flushes run one at a time, in order.
-        async def flush(batch: Batch, events: list[Any]) -> None:
-            await shell.flush(batch)
+        # A batch is acked only once the shell handled it (see the package docstring).
+        async for events in take_available(stream, settings.batch_max, settings.batch_within_s):
+            await shell.on_records(
+                [
+                    Record(
+                        event.value,
+                        event.message.headers,
+                        event.key,
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                    )
+                    for event in events
+                ]
+            )
             for event in events:
                 await stream.ack(event)
-
-        flushing: asyncio.Future[None] | None = None
-        try:
-            async for events in take_available(stream, settings.batch_max, settings.batch_within_s):
-                batch = shell.apply_records(
-                    [
-                        Record(
-                            event.value,
-                            event.message.headers,
-                            event.key,
-                            event.message.topic,
-                            event.message.partition,
-                            event.message.offset,
-                        )
-                        for event in events
-                    ]
-                )
-                if flushing is not None:
-                    await flushing
-                flushing = asyncio.ensure_future(flush(batch, events))
-            if flushing is not None:
-                await flushing
-        finally:
-            if flushing is not None and not flushing.done():
-                flushing.cancel()  # stopping: its records stay unacked, so they come again
 
     _on_rebalance(app, table, shell, topics, ready)
     app.task(_timer_task(app, shell, table, metrics, topics, ready, settings.timer_tick_s))

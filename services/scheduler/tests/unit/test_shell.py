@@ -172,64 +172,6 @@ async def test_records_handled_and_events_emitted_are_counted_by_type() -> None:
     assert emitted == len(sent.events())
 
 
-def records_of(*events: ev.Event) -> list[Record]:
-    """The events as the agent takes them from Kafka."""
-    out = []
-    for offset, event in enumerate(events):
-        msg = encode(event, source="/test")
-        out.append(Record(msg.value, msg.headers, msg.key, "t.in", 0, offset))
-    return out
-
-
-async def test_a_batch_applied_while_the_last_is_flushed_sends_only_its_own_emits() -> None:
-    # The agent applies the next batch while the previous one waits for the broker. The
-    # execution's outbox then holds both batches' emits until both were sent; each emit is
-    # sent once, and the first batch's outbox clear must not bring back its older state.
-    sched, table, sent, _ = shell()
-    call_b = {"id": "b", "type": "service_call", "connection": "svc", "path": "/b"}
-    req = request(flow(CALL_A, {**call_b, "depends_on": ["a"]}))
-    await sched.apply(req)
-    key = str(req.execution_id)
-    sent.records.clear()
-    release = asyncio.Event()
-
-    async def held(records: Sequence[Outgoing]) -> list[Awaitable[None]]:
-        await release.wait()
-        return await Sent.__call__(sent, records)
-
-    sched._send = held
-
-    def done(node: str) -> ev.StepSucceeded:
-        return ev.StepSucceeded(
-            execution_id=req.execution_id, org_id=req.org_id, node_id=node, attempt=1
-        )
-
-    first = sched.apply_records(records_of(done("a")))
-    flushing = asyncio.create_task(sched.flush(first))
-    await asyncio.sleep(0.01)  # the first batch waits for its sends
-    second = sched.apply_records(records_of(done("b")))
-
-    assert {id(e) for e in first.outgoing}.isdisjoint(id(e) for e in second.outgoing)
-    assert [e.event_id for e in codec.load(table[key]).outbox] == [
-        e.event_id for e in first.outgoing + second.outgoing
-    ]
-    second_state = codec.load(table[key]).state
-    release.set()
-    await flushing
-    assert codec.load(table[key]).state == second_state  # not the first batch's state
-    assert len(codec.load(table[key]).outbox) == len(first.outgoing + second.outgoing)
-    await sched.flush(second)
-
-    stored = codec.load(table[key])
-    assert stored.outbox == []
-    assert stored.state == second_state
-    assert stored.state is not None
-    assert stored.state.finished
-    event_ids = [e.event_id for e in sent.events()]
-    assert event_ids == [e.event_id for e in first.outgoing + second.outgoing]
-    assert sched.pending == {}
-
-
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
     first, table, sent_before, _ = shell()
     req = request(flow(CALL_A))
