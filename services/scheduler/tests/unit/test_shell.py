@@ -172,6 +172,27 @@ async def test_records_handled_and_events_emitted_are_counted_by_type() -> None:
     assert emitted == len(sent.events())
 
 
+async def test_a_finished_execution_is_not_kept_parsed_only_its_bytes_are() -> None:
+    # Parsed states are most of the process's objects: a finished one kept in the cache
+    # is only scanned by the garbage collector until its retention ends.
+    sched, table, _, _ = shell()
+    req = request(flow(CALL_A))
+    key = str(req.execution_id)
+    await sched.apply(req)
+    assert key in sched.cache
+
+    await sched.apply(
+        ev.StepSucceeded(execution_id=req.execution_id, org_id=req.org_id, node_id="a", attempt=1)
+    )
+
+    stored = codec.load(table[key])
+    assert stored.state is not None
+    assert stored.state.finished
+    assert key not in sched.cache
+    assert sched.cache.load(key, table[key]) == stored  # parsed again when asked
+    assert key not in sched.cache
+
+
 async def test_a_leftover_outbox_is_resent_when_its_input_is_redelivered() -> None:
     first, table, sent_before, _ = shell()
     req = request(flow(CALL_A))
