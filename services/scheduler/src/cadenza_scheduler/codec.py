@@ -136,7 +136,7 @@ class StateCache:
     def put(self, key: str, raw: bytes, stored: Stored) -> None:
         state = stored.state
         if state is not None and state.finished and not stored.outbox:
-            self._items.pop(key, None)
+            self.forget(key)
             return
         make_room(self._items, self._capacity)
         self._items[key] = (raw, stored)

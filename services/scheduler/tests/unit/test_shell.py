@@ -74,6 +74,15 @@ def flow(*nodes: dict[str, Any]) -> dict[str, Any]:
     return {"slug": "t", "nodes": list(nodes)}
 
 
+def as_records(events: Sequence[ev.Event]) -> list[Record]:
+    """The events as the agent takes them from `t.cmds`, at offsets 0, 1, ..."""
+    records = []
+    for offset, event in enumerate(events):
+        msg = encode(event, source="/test")
+        records.append(Record(msg.value, msg.headers, msg.key, "t.cmds", 0, offset))
+    return records
+
+
 CALL_A = {"id": "a", "type": "service_call", "connection": "svc", "path": "/a"}
 WAIT = {"id": "w", "type": "wait", "duration": "2s"}
 
@@ -125,10 +134,7 @@ async def test_each_batch_is_measured_records_and_time_applying_persisting_sendi
     sched._persist = slow_persist
     sched._send = slow_send
     requests = [request(flow(CALL_A), execution_id=uuid.uuid4()) for _ in range(3)]
-    records = []
-    for offset, req in enumerate(requests):
-        msg = encode(req, source="/test")
-        records.append(Record(msg.value, msg.headers, msg.key, "t.cmds", 0, offset))
+    records = as_records(requests)
 
     await sched.on_records(records)
 
@@ -150,10 +156,7 @@ async def test_each_batch_is_measured_records_and_time_applying_persisting_sendi
 async def test_records_handled_and_events_emitted_are_counted_by_type() -> None:
     sched, _, sent, _ = shell()
     requests = [request(flow(CALL_A), execution_id=uuid.uuid4()) for _ in range(3)]
-    records = []
-    for offset, req in enumerate(requests):
-        msg = encode(req, source="/test")
-        records.append(Record(msg.value, msg.headers, msg.key, "t.cmds", 0, offset))
+    records = as_records(requests)
     records.append(Record(b"{", [("ce_type", b"cadenza.step.ready")], None, "t.cmds", 0, 3))
 
     await sched.on_records(records)
