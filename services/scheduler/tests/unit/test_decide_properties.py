@@ -255,11 +255,20 @@ def test_random_executions_keep_every_invariant(
 
 @given(st.uuids(), st.text(max_size=40))
 def test_derived_ids_are_the_uuid5_of_execution_and_label(execution_id: Any, label: str) -> None:
+    import copy
     import uuid
 
     from cadenza_scheduler.domain.tx import EVENT_NAMESPACE, derived_id
 
     expected = uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")
 
-    assert derived_id(execution_id, label) == expected
-    assert derived_id(execution_id, label).version == 5
+    derived = derived_id(execution_id, label)
+    assert derived == expected
+    assert derived.version == 5
+    # made without UUID.__init__: it must behave as the stdlib's in every other way too
+    assert (str(derived), hash(derived), derived.is_safe) == (
+        str(expected),
+        hash(expected),
+        expected.is_safe,
+    )
+    assert copy.deepcopy(derived) == expected

@@ -32,7 +32,7 @@ from cadenza_common.workflow import (
     duration_seconds,
 )
 from cadenza_scheduler.domain import outcomes
-from cadenza_scheduler.domain.state import ItemState, NodeStatus
+from cadenza_scheduler.domain.state import ItemState, NodeStatus, make_room
 from cadenza_scheduler.domain.tx import Tx, derived_id
 
 CALL_FIELDS = ("connection", "url", "method", "path", "query", "headers", "body")
@@ -73,9 +73,26 @@ def _render(tx: Tx, value: Any, escape: bool = False, **extra: Any) -> Any:
 
 
 def _call_request(tx: Tx, spec: Any, fields: tuple[str, ...], **extra: Any) -> dict[str, Any]:
-    raw = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
+    raw, templated = _request_fields(spec, fields)
+    if not templated:
+        return raw  # shared by every attempt of this node spec, never mutated
     request: dict[str, Any] = _render(tx, raw, escape=True, **extra)
     return request
+
+
+# node spec -> (the spec, its request fields that are set, whether any holds a template):
+# specs are immutable and shared by every execution of a workflow version (`validated_spec`)
+_REQUESTS: dict[int, tuple[Any, dict[str, Any], bool]] = {}
+
+
+def _request_fields(spec: Any, fields: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    hit = _REQUESTS.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        raw = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
+        hit = (spec, raw, templating.has_templates(raw))
+        make_room(_REQUESTS, 4096)
+        _REQUESTS[id(spec)] = hit
+    return hit[1], hit[2]
 
 
 def _to_runner(
