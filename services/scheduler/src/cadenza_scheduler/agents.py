@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka.partitioner import murmur2
 
@@ -23,6 +23,7 @@ from cadenza_common.events import (
     ExecutionEvent,
     TimerFired,
     TimerKind,
+    Topic,
     Topics,
     id_text,
 )
@@ -45,9 +46,11 @@ log = logging.getLogger(__name__)
 Headers = Sequence[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One record to produce (partition None: the producer's partitioner picks it)."""
+class Outgoing(NamedTuple):
+    """One record to produce (partition None: the producer's partitioner picks it).
+
+    Tuples, as are `Record`s: several are built per transition, in half the time of a
+    frozen dataclass."""
 
     topic: str
     partition: int | None
@@ -67,8 +70,7 @@ async def _nothing_to_persist(keys: Iterable[str]) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One input record as the agent took it from Kafka."""
 
     value: bytes | None
@@ -155,6 +157,7 @@ class Shell:
         self._send = send
         self._persist = persist
         self.topics = topics
+        self._topic_names = {topic: topics.name(topic) for topic in Topic}
         self.source = source
         self.consumer_name = consumer_name
         self.retention_s = retention_s
@@ -347,7 +350,7 @@ class Shell:
             outgoing = []
             for event in events:
                 msg = record(event)
-                topic = self.topics.name(topic_for(event))
+                topic = self._topic_names[topic_for(event)]
                 partition = (
                     None if msg.key is None else partition_of(msg.key.decode(), self.partitions)
                 )
