@@ -8,9 +8,7 @@ keyed by `execution_id` so one execution stays on one partition, in order.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -66,12 +64,6 @@ _SPEC_VERSION = SPEC_VERSION.encode()
 _CONTENT_TYPE = CONTENT_TYPE.encode()
 
 
-@functools.lru_cache(maxsize=1024)
-def _text_bytes(text: str) -> bytes:
-    """A short text that repeats (an event type, a source), encoded once."""
-    return text.encode()
-
-
 # the last time encoded: the events of one transition share one `now` object
 _last_time: tuple[datetime, bytes] | None = None
 
@@ -88,12 +80,6 @@ def _time_bytes(value: datetime) -> bytes:
     return text
 
 
-@functools.lru_cache(maxsize=1 << 14)
-def _id_bytes(value: uuid.UUID) -> bytes:
-    """An execution's or org's id as header/key bytes, encoded once per id."""
-    return id_text(value).encode()
-
-
 def encode(event: Event, *, source: str, traceparent: str | None = None) -> KafkaMessage:
     """Encode an event as a CloudEvents 1.0 binary-mode Kafka record.
 
@@ -108,22 +94,19 @@ def encode(event: Event, *, source: str, traceparent: str | None = None) -> Kafk
     headers: Headers = [
         ("ce_specversion", _SPEC_VERSION),
         ("ce_id", str(event.event_id).encode()),
-        ("ce_type", _text_bytes(event.CE_TYPE)),
-        ("ce_source", _text_bytes(source)),
+        ("ce_type", event.CE_TYPE.encode()),
+        ("ce_source", source.encode()),
         ("ce_time", _time_bytes(event.occurred_at)),
         ("content-type", _CONTENT_TYPE),
     ]
     if isinstance(event, ExecutionEvent):
-        key = _id_bytes(event.execution_id)
-        headers.append(("ce_executionid", key))
-    else:
-        key = event.partition_key().encode()
+        headers.append(("ce_executionid", id_text(event.execution_id).encode()))
     org_id = getattr(event, "org_id", None)
     if org_id is not None:
-        headers.append(("ce_orgid", _id_bytes(org_id)))
+        headers.append(("ce_orgid", id_text(org_id).encode()))
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
-    return KafkaMessage(key, json_bytes(event), headers)
+    return KafkaMessage(event.partition_key().encode(), json_bytes(event), headers)
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, field
@@ -26,19 +25,14 @@ _VERSION_5 = (5 << 76) | (0x8000 << 48)  # version 5, RFC 4122 variant
 def derived_id(execution_id: uuid.UUID, label: str) -> uuid.UUID:
     """A deterministic id for something of this execution: exactly
     `uuid.uuid5(EVENT_NAMESPACE, f"{execution_id}:{label}")`, in 40 % of the time (several
-    ids are derived per transition): the hashed prefix is built once per execution, and the
-    UUID is made from its integer without `UUID.__init__`'s argument checks."""
-    name = _id_prefix(execution_id) + label.encode()
+    ids are derived per transition): the UUID is made from its integer without
+    `UUID.__init__`'s argument checks."""
+    name = _NAMESPACE_BYTES + f"{id_text(execution_id)}:{label}".encode()
     digest = hashlib.sha1(name, usedforsecurity=False).digest()  # what UUIDv5 is defined as
     derived = _new_object(uuid.UUID)
     _set_attribute(derived, "int", int.from_bytes(digest[:16], "big") & _VERSION_CLEAR | _VERSION_5)
     _set_attribute(derived, "is_safe", uuid.SafeUUID.unknown)
     return derived
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def _id_prefix(execution_id: uuid.UUID) -> bytes:
-    return _NAMESPACE_BYTES + f"{id_text(execution_id)}:".encode()
 
 
 _new_object = object.__new__
