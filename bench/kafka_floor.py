@@ -13,6 +13,8 @@ producer for every client. Each row is one Kafka client doing the echo:
 
 - `aiokafka`: the client Faust (so the scheduler) uses, on uvloop, with the scheduler's
   fetch wait, acks=all and idempotence;
+- `aiokafka+librdkafka-producer`: aiokafka's consumer (as Faust's), the sends through a
+  confluent-kafka producer whose delivery reports a thread of its own hands to the loop;
 - `confluent-kafka` (librdkafka, C; its I/O runs in its own threads): the same loop with
   blocking `flush()` for the acknowledgements.
 
@@ -30,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -42,7 +45,7 @@ STATE_BYTES = 7_000  # a state record of the scheduler bench's chain (bench/READ
 EVENT_BYTES = 600
 WARM_UP_S = 3.0
 IDLE_END_S = 2.0  # the echo stops after this long without records, once it had some
-CLIENTS = ("aiokafka", "confluent-kafka")
+CLIENTS = ("aiokafka", "aiokafka+librdkafka-producer", "confluent-kafka")
 
 
 def _names(prefix: str) -> dict[str, str]:
@@ -128,6 +131,100 @@ async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str
     return tally
 
 
+class _Deliveries:
+    """A confluent-kafka producer for an asyncio loop: `produce` on the loop, delivery
+    reports served by a thread of its own (blocked in librdkafka, without the GIL), which
+    resolves each batch's future on the loop."""
+
+    def __init__(self, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer(config)
+        self.loop = loop
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            self.producer.poll(0.1)
+
+    def send(self, records: list[tuple[str, bytes, bytes]]) -> asyncio.Future[None]:
+        """Produce `records` (topic, key, value); the future resolves once all are acked."""
+        done = self.loop.create_future()
+        left = len(records)
+
+        def delivered(err: Any, _msg: Any) -> None:
+            nonlocal left
+            left -= 1
+            if err is not None:
+                self.loop.call_soon_threadsafe(_settle, done, RuntimeError(str(err)))
+            elif left == 0:
+                self.loop.call_soon_threadsafe(_settle, done, None)
+
+        for topic, key, value in records:
+            self.producer.produce(topic, value, key, on_delivery=delivered)
+        return done
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join()
+        self.producer.flush()
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+async def _echo_mixed(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
+    from aiokafka import AIOKafkaConsumer
+
+    tally = Tally()
+    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
+    cons = AIOKafkaConsumer(
+        names["in"],
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+    )
+    await cons.start()
+    print("ready", flush=True)
+    prod = _Deliveries(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "socket.nagle.disable": True,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 0,
+        },
+        asyncio.get_running_loop(),
+    )
+    last = time.perf_counter()
+    try:
+        while tally.first_at is None or time.perf_counter() - last < IDLE_END_S:
+            fetched = await cons.getmany(timeout_ms=100, max_records=500)
+            records = [r for part in fetched.values() for r in part]
+            if not records:
+                continue
+            last = time.perf_counter()
+            await prod.send([(names["changelog"], r.key, state) for r in records])
+            await prod.send(
+                [(names[t], r.key, event) for r in records for t in ("ready", "history")]
+            )
+            tally.batch([r.timestamp for r in records])
+    finally:
+        prod.close()
+        await cons.stop()
+    return tally
+
+
 def _echo_confluent(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
     from confluent_kafka import Consumer, Producer
 
@@ -176,6 +273,10 @@ def echo(client: str, prefix: str) -> None:
         import uvloop
 
         tally = uvloop.run(_echo_aiokafka(kafka, names, group))
+    elif client == "aiokafka+librdkafka-producer":
+        import uvloop
+
+        tally = uvloop.run(_echo_mixed(kafka, names, group))
     else:
         tally = _echo_confluent(kafka, names, group)
     print(json.dumps(tally.result(client)), flush=True)
