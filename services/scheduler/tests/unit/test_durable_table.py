@@ -7,6 +7,9 @@ import threading
 import time
 from collections.abc import Awaitable, Sequence
 
+import pytest
+
+from cadenza_scheduler import app as app_module
 from cadenza_scheduler.agents import Outgoing
 from cadenza_scheduler.app import DurableTable, _changelog_key, create_app
 from cadenza_scheduler.settings import Settings
@@ -89,29 +92,28 @@ async def test_the_consumer_runs_on_the_apps_loop_and_is_called_directly() -> No
     assert thread.thread_loop is asyncio.get_running_loop()
 
 
-async def test_a_write_while_its_key_is_being_sent_is_sent_by_the_next_persist() -> None:
+async def test_a_write_while_its_key_is_being_sent_is_sent_by_the_next_persist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The agent applies a batch while an earlier batch (or the timer task) persists: a key
     # written while the producer takes the older value must stay dirty, or the next
     # persist would wait for the older write and the new state's emits go out first.
     executions = table()
     sent: list[tuple[str, bytes | None]] = []
 
-    class Sends:
-        def send(self, records: Sequence[Outgoing]) -> list[Awaitable[None]]:
-            sent.extend((r.key.decode(), r.value) for r in records if r.key is not None)
-            write("k", b"new")  # what the agent does before the broker acknowledged it
-
-            async def acked() -> None:
-                await asyncio.sleep(0)
-
-            done = asyncio.ensure_future(acked())
-            return [done] * len(records)
+    async def send_records(app: object, records: Sequence[Outgoing]) -> list[Awaitable[None]]:
+        sent.extend((r.key.decode(), r.value) for r in records if r.key is not None)
+        await asyncio.sleep(0)
+        write("k", b"new")  # what the agent does meanwhile
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return [done] * len(records)
 
     def write(key: str, value: bytes) -> None:
         executions.data[key] = value
         executions.on_key_set(key, value)
 
-    executions.sends = Sends()  # type: ignore[assignment]
+    monkeypatch.setattr(app_module, "send_records", send_records)
     write("k", b"old")
 
     await executions.persist(["k"])
