@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bench.report import percentile, report
@@ -93,11 +94,10 @@ class Tally:
         }
 
 
-async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
+async def _aiokafka_consumer(kafka: KafkaSettings, names: dict[str, str], group: str) -> Any:
+    """The echo's aiokafka consumer of the input topic, started; says "ready" to the bench."""
     from aiokafka import AIOKafkaConsumer
 
-    tally = Tally()
-    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
     cons = AIOKafkaConsumer(
         names["in"],
         bootstrap_servers=kafka.bootstrap_servers,
@@ -108,15 +108,27 @@ async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str
     )
     await cons.start()
     print("ready", flush=True)
+    return cons
+
+
+async def _fetched(cons: Any, tally: Tally) -> AsyncIterator[list[Any]]:
+    """The records fetched so far, a list at a time, until the feed has stopped."""
     last = time.perf_counter()
+    while tally.first_at is None or time.perf_counter() - last < IDLE_END_S:
+        fetched = await cons.getmany(timeout_ms=100, max_records=500)
+        records = [r for part in fetched.values() for r in part]
+        if records:
+            last = time.perf_counter()
+            yield records
+
+
+async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
+    tally = Tally()
+    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
+    cons = await _aiokafka_consumer(kafka, names, group)
     try:
         async with producer(kafka, linger_ms=0, max_batch_size=256 * 1024) as prod:
-            while tally.first_at is None or time.perf_counter() - last < IDLE_END_S:
-                fetched = await cons.getmany(timeout_ms=100, max_records=500)
-                records = [r for part in fetched.values() for r in part]
-                if not records:
-                    continue
-                last = time.perf_counter()
+            async for records in _fetched(cons, tally):
                 sends = [await prod.send(names["changelog"], state, key=r.key) for r in records]
                 await asyncio.gather(*sends)
                 sends = [
@@ -182,20 +194,9 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 async def _echo_mixed(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
-    from aiokafka import AIOKafkaConsumer
-
     tally = Tally()
     state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
-    cons = AIOKafkaConsumer(
-        names["in"],
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-    )
-    await cons.start()
-    print("ready", flush=True)
+    cons = await _aiokafka_consumer(kafka, names, group)
     prod = _Deliveries(
         {
             "bootstrap.servers": kafka.bootstrap_servers,
@@ -206,14 +207,8 @@ async def _echo_mixed(kafka: KafkaSettings, names: dict[str, str], group: str) -
         },
         asyncio.get_running_loop(),
     )
-    last = time.perf_counter()
     try:
-        while tally.first_at is None or time.perf_counter() - last < IDLE_END_S:
-            fetched = await cons.getmany(timeout_ms=100, max_records=500)
-            records = [r for part in fetched.values() for r in part]
-            if not records:
-                continue
-            last = time.perf_counter()
+        async for records in _fetched(cons, tally):
             await prod.send([(names["changelog"], r.key, state) for r in records])
             await prod.send(
                 [(names[t], r.key, event) for r in records for t in ("ready", "history")]
