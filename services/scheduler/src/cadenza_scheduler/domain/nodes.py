@@ -32,7 +32,7 @@ from cadenza_common.workflow import (
     duration_seconds,
 )
 from cadenza_scheduler.domain import outcomes
-from cadenza_scheduler.domain.state import ItemState, NodeStatus, make_room
+from cadenza_scheduler.domain.state import ItemState, NodeStatus, by_identity
 from cadenza_scheduler.domain.tx import Tx, derived_id
 
 CALL_FIELDS = ("connection", "url", "method", "path", "query", "headers", "body")
@@ -82,17 +82,16 @@ def _call_request(tx: Tx, spec: Any, fields: tuple[str, ...], **extra: Any) -> d
 
 # node spec -> (the spec, its request fields that are set, whether any holds a template):
 # specs are immutable and shared by every execution of a workflow version (`validated_spec`)
-_REQUESTS: dict[int, tuple[Any, dict[str, Any], bool]] = {}
+_REQUESTS: dict[int, tuple[Any, tuple[dict[str, Any], bool]]] = {}
 
 
 def _request_fields(spec: Any, fields: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
-    hit = _REQUESTS.get(id(spec))
-    if hit is None or hit[0] is not spec:
-        raw = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
-        hit = (spec, raw, templating.has_templates(raw))
-        make_room(_REQUESTS, 4096)
-        _REQUESTS[id(spec)] = hit
-    return hit[1], hit[2]
+    return by_identity(_REQUESTS, spec, 4096, _set_fields, spec, fields)
+
+
+def _set_fields(spec: Any, fields: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    raw = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
+    return raw, templating.has_templates(raw)
 
 
 def _to_runner(

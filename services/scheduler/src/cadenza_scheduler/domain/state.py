@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -238,19 +238,11 @@ class _SpecJson:
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
         self.by_key: dict[str, WorkflowSpec] = {}
-        self.by_object: dict[int, tuple[WorkflowSpec, str, orjson.Fragment]] = {}
+        self.by_object: dict[int, tuple[WorkflowSpec, tuple[str, orjson.Fragment]]] = {}
 
     def rendered(self, spec: WorkflowSpec) -> tuple[str, orjson.Fragment]:
         """The spec's content key and JSON."""
-        hit = self.by_object.get(id(spec))
-        if hit is not None and hit[0] is spec:
-            return hit[1], hit[2]
-        raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-        key = hashlib.blake2b(raw, digest_size=16).hexdigest()
-        make_room(self.by_object, self._capacity)
-        fragment = orjson.Fragment(raw)
-        self.by_object[id(spec)] = (spec, key, fragment)
-        return key, fragment
+        return by_identity(self.by_object, spec, self._capacity, _render_spec, spec)
 
     def parsed(self, key: str | None, doc: Any) -> WorkflowSpec:
         """The spec with content key `key` (parsing `doc` only when it is new)."""
@@ -266,10 +258,40 @@ class _SpecJson:
         self.by_key[key] = spec
 
 
+def _render_spec(spec: WorkflowSpec) -> tuple[str, orjson.Fragment]:
+    raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=16).hexdigest(), orjson.Fragment(raw)
+
+
+T = TypeVar("T")
+
+
 def make_room(cache: dict[Any, Any], capacity: int) -> None:
     """Drop the oldest entry of a full cache (insertion order is age order)."""
     if len(cache) >= capacity:
         cache.pop(next(iter(cache)))
+
+
+def by_identity(
+    cache: dict[int, tuple[Any, T]],
+    obj: Any,
+    capacity: int,
+    compute: Callable[..., T],
+    *args: Any,
+) -> T:
+    """`compute(*args)` once per object `obj` (for immutable, shared objects such as specs).
+
+    Keyed by `id(obj)`; the entry holds `obj` itself, so its id cannot be reused by another
+    object while the entry lives, and a hit is checked by identity. At most `capacity`
+    entries, the oldest dropped first.
+    """
+    hit = cache.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    value = compute(*args)
+    make_room(cache, capacity)
+    cache[id(obj)] = (obj, value)
+    return value
 
 
 _SPECS = _SpecJson()
