@@ -45,6 +45,7 @@ from cadenza_common.settings import KafkaSettings
 STATE_BYTES = 7_000  # a state record of the scheduler bench's chain (bench/README.md)
 EVENT_BYTES = 600
 WARM_UP_S = 3.0
+STATE, EVENT = b"s" * STATE_BYTES, b"e" * EVENT_BYTES  # what the echo writes
 IDLE_END_S = 2.0  # the echo stops after this long without records, once it had some
 CLIENTS = ("aiokafka", "aiokafka+librdkafka-producer", "confluent-kafka")
 
@@ -124,15 +125,14 @@ async def _fetched(cons: Any, tally: Tally) -> AsyncIterator[list[Any]]:
 
 async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
     tally = Tally()
-    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
     cons = await _aiokafka_consumer(kafka, names, group)
     try:
         async with producer(kafka, linger_ms=0, max_batch_size=256 * 1024) as prod:
             async for records in _fetched(cons, tally):
-                sends = [await prod.send(names["changelog"], state, key=r.key) for r in records]
+                sends = [await prod.send(names["changelog"], STATE, key=r.key) for r in records]
                 await asyncio.gather(*sends)
                 sends = [
-                    await prod.send(names[topic], event, key=r.key)
+                    await prod.send(names[topic], EVENT, key=r.key)
                     for r in records
                     for topic in ("ready", "history")
                 ]
@@ -141,6 +141,17 @@ async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str
     finally:
         await cons.stop()
     return tally
+
+
+def _librdkafka_producer(kafka: KafkaSettings) -> dict[str, Any]:
+    """The echoes' librdkafka producer: acks=all and idempotent, as the scheduler's."""
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "socket.nagle.disable": True,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 0,
+    }
 
 
 class _Deliveries:
@@ -195,23 +206,13 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 
 async def _echo_mixed(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
     tally = Tally()
-    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
     cons = await _aiokafka_consumer(kafka, names, group)
-    prod = _Deliveries(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "socket.nagle.disable": True,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 0,
-        },
-        asyncio.get_running_loop(),
-    )
+    prod = _Deliveries(_librdkafka_producer(kafka), asyncio.get_running_loop())
     try:
         async for records in _fetched(cons, tally):
-            await prod.send([(names["changelog"], r.key, state) for r in records])
+            await prod.send([(names["changelog"], r.key, STATE) for r in records])
             await prod.send(
-                [(names[t], r.key, event) for r in records for t in ("ready", "history")]
+                [(names[t], r.key, EVENT) for r in records for t in ("ready", "history")]
             )
             tally.batch([r.timestamp for r in records])
     finally:
@@ -224,18 +225,17 @@ def _echo_confluent(kafka: KafkaSettings, names: dict[str, str], group: str) -> 
     from confluent_kafka import Consumer, Producer
 
     tally = Tally()
-    state, event = b"s" * STATE_BYTES, b"e" * EVENT_BYTES
-    common = {"bootstrap.servers": kafka.bootstrap_servers, "socket.nagle.disable": True}
     cons = Consumer(
         {
-            **common,
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "socket.nagle.disable": True,
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
         }
     )
-    prod = Producer({**common, "acks": "all", "enable.idempotence": True, "linger.ms": 0})
+    prod = Producer(_librdkafka_producer(kafka))
     cons.subscribe([names["in"]])
     print("ready", flush=True)
     last = time.perf_counter()
@@ -248,11 +248,11 @@ def _echo_confluent(kafka: KafkaSettings, names: dict[str, str], group: str) -> 
             records = [r for r in records if r.error() is None]
             last = time.perf_counter()
             for r in records:
-                prod.produce(names["changelog"], state, r.key())
+                prod.produce(names["changelog"], STATE, r.key())
             prod.flush()
             for r in records:
-                prod.produce(names["ready"], event, r.key())
-                prod.produce(names["history"], event, r.key())
+                prod.produce(names["ready"], EVENT, r.key())
+                prod.produce(names["history"], EVENT, r.key())
             prod.flush()
             tally.batch([r.timestamp()[1] for r in records])
     finally:
