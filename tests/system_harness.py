@@ -268,7 +268,8 @@ class System:
                     "CADENZA_SCHEDULER_DATA_DIR": str(self.workdir / "scheduler-data"),
                     "CADENZA_SCHEDULER_SESSION_TIMEOUT_S": "6",
                     "CADENZA_SCHEDULER_REBALANCE_TIMEOUT_S": "10",
-                    "CADENZA_SCHEDULER_LOG_LEVEL": "warning"}
+                    # SCHED_TEST_LOG=info keeps Faust's recovery steps in the log
+                    "CADENZA_SCHEDULER_LOG_LEVEL": os.environ.get("SCHED_TEST_LOG", "warning")}
             return env, f"http://127.0.0.1:{port}/health/ready"
         if name == "step-runner":
             env |= {"CADENZA_GROUP_ID": f"{prefix}step-runner",

@@ -21,6 +21,13 @@ Guarantees we rely on, and why they hold:
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
   a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`.
+- Input partitions are seeked to their committed offsets before they resume after a
+  rebalance, and nothing is awaited between resuming them and Faust's flow control
+  clearing the streams' queues (`app._Recovery`). In Faust's own order, records fetched
+  during the seek were cleared from the queues unacked while the seek reset the read
+  offsets under the batch being delivered, so the commit moved past them as a "gap":
+  after a restart with answers waiting, runs of completions were never applied. Found by
+  the scheduler SIGKILL fault test; a gap on an input partition is logged as a warning.
 - Fetched records reach the conductor through Faust's own drain loop with one change
   (`app._drain_messages`): a delivery that need not wait is run at once instead of in
   `wait_first(delivery, suspend_flow)` tasks; one that waits (flow control suspended for a

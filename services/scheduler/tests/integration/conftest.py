@@ -162,11 +162,12 @@ class Runner:
     answer: Answer = succeed
     delay_s: Callable[[], float] | None = None
     readies: Counter[tuple[uuid.UUID, str, int]] = field(default_factory=Counter)
+    # delayed answers not sent yet
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def run(self, prod: AIOKafkaProducer) -> None:
         topics = ev.Topics(self.kafka.topic_prefix)
         group = f"runner-{uuid.uuid4().hex[:8]}"
-        pending: set[asyncio.Task[None]] = set()
         async with consumer(self.kafka, [topics.steps_ready], group) as cons:
             while True:
                 batch = await cons.getmany(timeout_ms=100)
@@ -179,10 +180,10 @@ class Runner:
                         if self.delay_s is None:
                             await self._send(prod, topics, outs, 0.0)
                         else:
-                            pending.add(
+                            self.pending.add(
                                 asyncio.create_task(self._send(prod, topics, outs, self.delay_s()))
                             )
-                            pending = {t for t in pending if not t.done()}
+                            self.pending = {t for t in self.pending if not t.done()}
                 if batch:
                     await cons.commit()
 
