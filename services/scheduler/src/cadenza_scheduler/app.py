@@ -176,7 +176,8 @@ async def send_records(app: AppT, records: Sequence[Outgoing]) -> list[Awaitable
 
 
 class _Recovery(faust_recovery.Recovery):  # type: ignore[misc]
-    """Faust's recovery, finishing with the stream partitions seeked before they resume.
+    """Faust's recovery, finishing with the stream partitions seeked before they resume
+    (`on_recovery_completed` is faust-streaming 0.15's, reordered; check it on upgrades).
 
     Faust's `on_recovery_completed` resumes the input partitions, then seeks them to their
     committed offsets (`perform_seek`: one round trip per partition, ~0.2 s for 36), then

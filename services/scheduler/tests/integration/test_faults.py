@@ -108,7 +108,9 @@ async def test_a_second_scheduler_takes_over_the_partitions_of_a_killed_one(
     shares = [(await s.get("/health/ready"))[1] for s in (first, second)]
     assert all(b'"partitions":[]' not in share.replace(b" ", b"") for share in shares)
     ids = [await harness.request(FIVE_STEPS) for _ in range(60)]
-    await asyncio.sleep(1.0)
+    # every execution started (its first step asked for), none can have finished yet: each
+    # takes at least four answers of 0.4 s
+    await harness.history.wait_for(lambda: len({r[0] for r in harness.runner.readies}) >= 60, 30)
     in_flight = [i for i in ids if harness.history.finished(i) is None]
 
     first.kill()
