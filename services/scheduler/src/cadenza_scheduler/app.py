@@ -312,7 +312,10 @@ def _consumer_class(fetch_max_wait_ms: int) -> type:
                 if not active:
                     await self.sleep(0.1)
                     return {}, active
-                records = await self._getmany(active_partitions=active, timeout=timeout)
+                # the set is fixed for this call: partitions resumed meanwhile are fetched
+                # by the next one, so this one waits briefly (Faust's 1 s held every
+                # resumed partition back that long after each rebalance)
+                records = await self._getmany(active_partitions=active, timeout=0.1)
                 return records, active
             finally:
                 self.not_waiting_next_records.set()
