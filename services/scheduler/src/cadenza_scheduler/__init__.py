@@ -20,7 +20,8 @@ Guarantees we rely on, and why they hold:
 - Partitions taken over without a committed offset are rewound to their beginning before
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
-  a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`.
+  a committed offset). Found by the scale-out test; see `app._rewind_uncommitted`, called
+  by `app._Recovery` after Faust's own seek.
 - Input partitions are seeked to their committed offsets before they resume after a
   rebalance, and nothing is awaited between resuming them and Faust's flow control
   clearing the streams' queues (`app._Recovery`). In Faust's own order, records fetched

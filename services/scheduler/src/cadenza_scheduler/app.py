@@ -211,6 +211,8 @@ class _Recovery(faust_recovery.Recovery):  # type: ignore[misc]
         if assignment and app.consumer_generation_id == generation_id:
             self.log.info("Seek stream partitions to committed offsets.")
             await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            inputs = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+            await _rewind_uncommitted(consumer, inputs)
         if app.consumer_generation_id != generation_id:
             self.log.warning("Recovery rebalancing again (generation %s)", generation_id)
             return
@@ -599,7 +601,6 @@ def _on_rebalance(
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     async def on_recovered() -> None:
-        await _rewind_uncommitted(app, topics)
         owned = {
             tp.partition
             for tp in app.assignor.assigned_actives()
@@ -631,20 +632,18 @@ async def _persist_quietly(table: Any) -> None:
         log.warning("could not persist the table's last changes", exc_info=True)
 
 
-async def _rewind_uncommitted(app: faust.App, topics: Topics) -> None:
-    """Seek input partitions that have no committed offset back to their beginning.
+async def _rewind_uncommitted(consumer: Any, partitions: Iterable[Any]) -> None:
+    """Seek those of `partitions` that have no committed offset back to their beginning.
 
     Works around faust-streaming #629: records fetched while a rebalance is under way are
     dropped (generation changed, or partition not yet active), but the client's position has
     moved past them. Faust then seeks back only partitions with a committed offset above 0,
     so a partition nobody committed yet (e.g. taken over from a scheduler killed before its
-    first commit) would silently skip those records. Runs before Faust resumes the partitions.
+    first commit) would silently skip those records. Runs right after `perform_seek`, which
+    recorded the committed offsets (None for none or 0), before the partitions resume.
     """
-    consumer: Any = app.consumer
-    inputs = {topics.executions_commands, topics.steps_completed}
-    committed = await consumer.seek_to_committed()
-    for tp, offset in committed.items():
-        if tp.topic in inputs and (offset is None or offset <= 0):
+    for tp in partitions:
+        if consumer._committed_offset.get(tp) is None:
             await consumer.seek(tp, 0)
 
 
