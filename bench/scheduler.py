@@ -29,22 +29,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import percentile, report
 from cadenza_common import events as ev
 from cadenza_common.kafka import (
+    consumer,
     decode,
     delete_prefixed_topics,
     encode,
@@ -82,28 +80,6 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _confluent_consumer(kafka: KafkaSettings, topic: str, name: str) -> Any:
-    cons = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "socket.nagle.disable": True,
-            "group.id": f"{name}-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
-        }
-    )
-    cons.subscribe([topic])
-    return cons
-
-
-def _take(cons: Any, most: int) -> list[Any]:
-    """The records fetched so far, waiting up to 50 ms for the first (`consume(n, t)` itself
-    waits for all `n` until `t`)."""
-    first = cons.poll(0.05)
-    return [] if first is None else [first, *cons.consume(most - 1, 0)]
-
-
 class Bench:
     def __init__(
         self,
@@ -123,104 +99,69 @@ class Bench:
         self.latencies: list[tuple[float, float, float]] = []
         self.transitions: list[float] = []  # when each StepSucceeded was recorded
         self.finished: set[uuid.UUID] = set()
-        # the runner and history threads add to latencies, transitions and finished
-        self.lock = threading.Lock()
 
-    def runner(self, stop: threading.Event) -> None:
-        """The synthetic step-runner, in a thread: answer every StepReady at once.
-
-        librdkafka (confluent-kafka) does its I/O in C threads of its own; with aiokafka
-        the harness took 35-45 % of a core at 700 transitions/s on the two cores the
-        scheduler and the broker run on (bench/README.md, scheduler session 15)."""
-        cons = _confluent_consumer(self.kafka, self.topics.steps_ready, "bench-runner")
-        prod = Producer(
-            {
-                "bootstrap.servers": self.kafka.bootstrap_servers,
-                "socket.nagle.disable": True,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": 0,
-            }
-        )
-        failed: list[str] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failed.append(str(err))
-
-        try:
+    async def runner(self, prod: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        group = f"bench-runner-{uuid.uuid4().hex[:8]}"
+        acks: list[asyncio.Future[Any]] = []
+        async with consumer(self.kafka, [self.topics.steps_ready], group) as cons:
             while not stop.is_set():
-                records = _take(cons, 2000)
-                if not records:
-                    prod.poll(0)
-                    continue
+                batch = await cons.getmany(timeout_ms=50, max_records=2000)
                 now = time.perf_counter()
                 wall = time.time()
+                futures = []
                 answered = []
-                timed = []
-                for record in records:
-                    if record.error() is not None:
-                        raise RuntimeError(f"runner: {record.error()}")
-                    ready = decode(record.value(), record.headers())
-                    assert isinstance(ready, ev.StepReady)
-                    index = int(ready.node_id[1:])
-                    previous = self.sent_at.pop((ready.execution_id, index - 1), None)
-                    if previous is not None:
-                        # the record's timestamp: when the scheduler produced it (ms)
-                        produced = min(record.timestamp()[1] / 1000, wall)
-                        inside = max(0.0, produced - previous[1])
-                        timed.append((now, now - previous[0], inside))
-                    out = ev.StepSucceeded(
-                        execution_id=ready.execution_id,
-                        org_id=ready.org_id,
-                        node_id=ready.node_id,
-                        attempt=ready.attempt,
-                    )
-                    msg = encode(out, source="/bench")
-                    answered.append((ready.execution_id, index))
-                    prod.produce(
-                        self.topics.steps_completed,
-                        msg.value,
-                        msg.key,
-                        headers=list(msg.headers),
-                        on_delivery=delivered,
-                    )
-                # handed to librdkafka, whose thread sends them now (linger 0)
+                for records in batch.values():
+                    for record in records:
+                        ready = decode(record.value, record.headers)
+                        assert isinstance(ready, ev.StepReady)
+                        index = int(ready.node_id[1:])
+                        previous = self.sent_at.pop((ready.execution_id, index - 1), None)
+                        if previous is not None:
+                            # the record's timestamp: when the scheduler produced it (ms)
+                            produced = min(record.timestamp / 1000, wall)
+                            inside = max(0.0, produced - previous[1])
+                            self.latencies.append((now, now - previous[0], inside))
+                        out = ev.StepSucceeded(
+                            execution_id=ready.execution_id,
+                            org_id=ready.org_id,
+                            node_id=ready.node_id,
+                            attempt=ready.attempt,
+                        )
+                        msg = encode(out, source="/bench")
+                        answered.append((ready.execution_id, index))
+                        futures.append(
+                            await prod.send(
+                                self.topics.steps_completed,
+                                msg.value,
+                                key=msg.key,
+                                headers=msg.headers,
+                            )
+                        )
+                # produced now: the producer sends the batch once this task yields (stamping
+                # each record as it was built counted the rest of the batch's handling)
                 sent = time.perf_counter(), time.time()
                 for answer in answered:
                     self.sent_at[answer] = sent
-                with self.lock:
-                    self.latencies.extend(timed)
-                prod.poll(0)
-                if failed:
-                    raise RuntimeError(f"runner: a send failed: {failed[0]}")
-            prod.flush(30)
-        finally:
-            cons.close()
+                if futures:
+                    # acks are awaited aside: the next StepReady is not left unread meanwhile
+                    acks.append(asyncio.gather(*futures))
+                for ack in [a for a in acks if a.done()]:
+                    acks.remove(ack)
+                    ack.result()  # a failed send fails the bench
+            await asyncio.gather(*acks)
 
-    def history(self, stop: threading.Event) -> None:
-        """Count applied transitions and finished executions from `executions.events`, in a
-        thread (headers only)."""
-        cons = _confluent_consumer(self.kafka, self.topics.executions_events, "bench-history")
-        try:
+    async def history(self, stop: asyncio.Event) -> None:
+        group = f"bench-history-{uuid.uuid4().hex[:8]}"
+        async with consumer(self.kafka, [self.topics.executions_events], group) as cons:
             while not stop.is_set():
-                records = _take(cons, 5000)
-                now = time.perf_counter()
-                transitions = []
-                finished = []
-                for record in records:
-                    if record.error() is not None:
-                        raise RuntimeError(f"history: {record.error()}")
-                    ce_type = dict(record.headers() or ()).get("ce_type", b"")
-                    if ce_type == b"cadenza.step.succeeded":
-                        transitions.append(now)
-                    elif ce_type == b"cadenza.execution.succeeded":
-                        finished.append(uuid.UUID(record.key().decode()))
-                with self.lock:
-                    self.transitions.extend(transitions)
-                    self.finished.update(finished)
-        finally:
-            cons.close()
+                batch = await cons.getmany(timeout_ms=50, max_records=5000)
+                for records in batch.values():
+                    for record in records:
+                        ce_type = dict(record.headers).get("ce_type", b"")
+                        if ce_type == b"cadenza.step.succeeded":
+                            self.transitions.append(time.perf_counter())
+                        elif ce_type == b"cadenza.execution.succeeded":
+                            self.finished.add(uuid.UUID(record.key.decode()))
 
     async def start(self, prod: AIOKafkaProducer) -> uuid.UUID:
         """Request one execution of the chain."""
@@ -242,12 +183,8 @@ class Bench:
         ids = [await self.start(prod) for _ in range(WARMUP_EXECUTIONS)]
         await self.drain(ids, time.perf_counter() + 120)
 
-    def done(self, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-        with self.lock:
-            return self.finished.intersection(ids)
-
     async def drain(self, ids: list[uuid.UUID], deadline: float) -> None:
-        while len(self.done(ids)) < len(set(ids)) and time.perf_counter() < deadline:
+        while not self.finished.issuperset(ids) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
 
     async def phase(
@@ -266,7 +203,7 @@ class Bench:
             if cpu_at_window is None and now >= start + WINDOW_START_S:
                 cpu_at_window = self.scheduler_cpu()
                 batches_at_window = await asyncio.to_thread(self.scheduler_batches)
-            running -= self.done(running)
+            running = {i for i in running if i not in self.finished}
             if rate is None:
                 wanted = in_flight - len(running)
             else:
@@ -280,11 +217,8 @@ class Bench:
         batches = {k: v - batches_at_window.get(k, 0.0) for k, v in batches.items()}
         await self.drain(ids, time.perf_counter() + 300)
         window = (start + WINDOW_START_S, end)
-        with self.lock:
-            recorded, self.transitions = self.transitions, []
-            rows, self.latencies = self.latencies, []
-        transitions = sum(window[0] <= t < window[1] for t in recorded)
-        timed = [row for row in rows if window[0] <= row[0] < window[1]]
+        transitions = sum(window[0] <= t < window[1] for t in self.transitions)
+        timed = [row for row in self.latencies if window[0] <= row[0] < window[1]]
         latencies = [lat for _, lat, _ in timed]
         insides = [inside for _, _, inside in timed]
         if dump := os.environ.get("CADENZA_BENCH_LATENCIES"):
@@ -295,6 +229,8 @@ class Bench:
             ]
             name = "saturation" if rate is None else "paced"
             Path(f"{dump}.{name}.json").write_bytes(orjson.dumps(rows))
+        self.transitions.clear()
+        self.latencies.clear()
         main_s = all_s = 0.0
         if cpu_at_window is not None:
             main_s = cpu_at_end[0] - cpu_at_window[0]
@@ -305,7 +241,7 @@ class Bench:
             "phase": "saturation" if rate is None else f"paced {rate * CHAIN:,.0f}/s",
             "in_flight": in_flight if rate is None else "",
             "executions": len(ids),
-            "finished": len(self.done(ids)),
+            "finished": len(self.finished.intersection(ids)),
             "window_s": round(window[1] - window[0], 1),
             "transitions": transitions,
             "transitions_per_s": round(transitions / (window[1] - window[0]), 1),
@@ -427,11 +363,11 @@ async def run(
             # settings as the scheduler's (cadenza_scheduler.heap)
             gc.set_threshold(*SchedulerSettings.model_fields["gc_thresholds"].default)
             heap.settle()
-            stop = threading.Event()
+            stop = asyncio.Event()
             async with producer(kafka, linger_ms=1) as prod:
                 tasks = [
-                    asyncio.create_task(asyncio.to_thread(bench.runner, stop)),
-                    asyncio.create_task(asyncio.to_thread(bench.history, stop)),
+                    asyncio.create_task(bench.runner(prod, stop)),
+                    asyncio.create_task(bench.history(stop)),
                 ]
                 await bench.warm_up(prod)
                 rows = []
@@ -440,9 +376,7 @@ async def run(
                     paced_rate = rows[0]["transitions_per_s"] / 2
                 rows.append(await bench.phase(prod, executions, paced_rate / CHAIN, seconds))
                 stop.set()
-                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                    if isinstance(outcome, BaseException):
-                        raise outcome
+                await asyncio.gather(*tasks, return_exceptions=True)
             return rows
         finally:
             proc.send_signal(signal.SIGTERM)
