@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -339,10 +340,21 @@ def _ready(port: int) -> bool:
         return False
 
 
+Start = Callable[[KafkaSettings, Path, int], subprocess.Popen[bytes]]
+
+
 async def run(
-    executions: int, seconds: float, paced_rate: float | None = None
+    executions: int,
+    seconds: float,
+    paced_rate: float | None = None,
+    start: Start | None = None,
 ) -> list[dict[str, Any]]:
-    """Both phases; with `paced_rate` (transitions/s) only the paced one, at that rate."""
+    """Both phases; with `paced_rate` (transitions/s) only the paced one, at that rate.
+
+    `start(kafka, workdir, port)` starts the process under test (the scheduler); it is
+    ready once `http://127.0.0.1:{port}/health/ready` answers 200, and serves its
+    Prometheus metrics on `/metrics`.
+    """
     bootstrap = os.environ.get("CADENZA_BENCH_KAFKA") or os.environ.get(
         "CADENZA_TEST_KAFKA", "127.0.0.1:9092"
     )
@@ -350,7 +362,7 @@ async def run(
     await ensure_topics(kafka)
     port = _port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = _start_scheduler(kafka, Path(tmp), port)
+        proc = (start or _start_scheduler)(kafka, Path(tmp), port)
         try:
             for _ in range(300):
                 if await asyncio.to_thread(_ready, port):
