@@ -58,8 +58,9 @@ records only after the shell handled it) and, for each batch:
   3. send every emit, in order, and wait for the broker's acknowledgements (the records
      of a partition go to the producer as one batch, in their order: `app.send_records`);
   4. `table[key] = {state: new, outbox: []}`, held back up to `write_delay_s` (1 s) so the
-     execution's next transition usually replaces it, then sent with a batch's writes or
-     by the timer task; everything left is sent at revocation and shutdown.
+     execution's next transition usually replaces it, then sent with the next batch's
+     writes, or by the timer task once no batch has written for `write_delay_s`;
+     everything left is sent at revocation and shutdown.
      A crash before that only resends events consumers already have.
 The table's changelog partition is computed from the key (`partition_of`), not from
 Faust's "current event", because a batch mixes partitions.
