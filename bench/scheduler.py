@@ -199,10 +199,12 @@ class Bench:
         ids: list[uuid.UUID] = []
         running: set[uuid.UUID] = set()
         cpu_at_window: tuple[float, float] | None = None
+        switches_at_window = (0, 0)
         batches_at_window: dict[str, float] = {}
         while (now := time.perf_counter()) < end:
             if cpu_at_window is None and now >= start + WINDOW_START_S:
                 cpu_at_window = self.scheduler_cpu()
+                switches_at_window = self.scheduler_switches()
                 batches_at_window = await asyncio.to_thread(self.scheduler_batches)
             running = {i for i in running if i not in self.finished}
             if rate is None:
@@ -214,6 +216,9 @@ class Bench:
                 running.add(ids[-1])
             await asyncio.sleep(0.005)
         cpu_at_end = self.scheduler_cpu()
+        switches = [
+            end - at for end, at in zip(self.scheduler_switches(), switches_at_window, strict=True)
+        ]
         batches = await asyncio.to_thread(self.scheduler_batches)
         batches = {k: v - batches_at_window.get(k, 0.0) for k, v in batches.items()}
         await self.drain(ids, time.perf_counter() + 300)
@@ -256,6 +261,10 @@ class Bench:
             # Faust's consumer on it) and the whole process (its other threads too)
             "cpu_main_us": round(main_s * per),
             "cpu_all_us": round(all_s * per),
+            # how often its main thread blocked (its event loop had nothing to run) and was
+            # preempted, a second: a loop that never blocks is busy, whatever the load
+            "loop_waits_per_s": round(switches[0] / (window[1] - window[0])),
+            "preempted_per_s": round(switches[1] / (window[1] - window[0])),
             # the scheduler's batches (its /metrics): records per batch, the mean time a batch
             # spent applying, persisting and sending, and the share of the window it was busy
             "batch_records": round(batches.get("records", 0.0) / taken, 1),
@@ -286,6 +295,23 @@ class Bench:
             return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
 
         return used(f"/proc/{pid}/task/{pid}/stat"), used(f"/proc/{pid}/stat")
+
+    def scheduler_switches(self) -> tuple[int, int]:
+        """Voluntary and involuntary context switches of the scheduler's main thread so far
+        (0 off Linux)."""
+        pid = self.scheduler_pid
+        counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+        if pid is None:
+            return 0, 0
+        try:
+            lines = Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines()
+        except OSError:
+            return 0, 0
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name in counts:
+                counts[name] = int(value)
+        return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
 
     def scheduler_batches(self) -> dict[str, float]:
         """Totals of the scheduler's batch metrics so far: batches, records, and seconds
