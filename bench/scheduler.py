@@ -1,8 +1,10 @@
 """Scheduler throughput and latency: one scheduler process, a synthetic runner answering at once.
 
 Each execution is a chain of service_call nodes. A transition is one StepSucceeded applied
-by the scheduler. Latency is from the runner producing StepSucceeded for node n to the runner
-consuming the StepReady of node n+1 (both clocks are this process).
+by the scheduler (`emits_per_s` shows the events decide() emitted meanwhile, which the
+scheduler's own `cadenza_scheduler_transitions_total` counts). Latency is from the runner
+producing StepSucceeded for node n to the runner consuming the StepReady of node n+1 (both
+clocks are this process).
 
 Sustained figures, measured in steady state: a warm-up of a few executions first (topic
 metadata, connections, the workflow's validated spec), then two timed phases of
@@ -251,6 +253,9 @@ class Bench:
             "window_s": round(window[1] - window[0], 1),
             "transitions": transitions,
             "transitions_per_s": round(transitions / (window[1] - window[0]), 1),
+            # what the scheduler's `cadenza_scheduler_transitions_total` counts: events
+            # decide() emitted (a StepSucceeded applied emits ~3: history and StepReady)
+            "emits_per_s": round(batches.get("emits", 0.0) / (window[1] - window[0])),
             "p50_ms": round(percentile(latencies, 50) * 1000, 2),
             "p99_ms": round(percentile(latencies, 99) * 1000, 2),
             # of which until the scheduler produced the StepReady (record timestamps, 1 ms
@@ -332,6 +337,8 @@ class Bench:
                     totals["records"] = sample.value
                 elif sample.name == "cadenza_scheduler_batch_seconds_sum":
                     totals[sample.labels["phase"]] = sample.value
+                elif sample.name == "cadenza_scheduler_transitions_total":
+                    totals["emits"] = totals.get("emits", 0.0) + sample.value
         return totals
 
     def scheduler_errors(self) -> int:
