@@ -421,7 +421,9 @@ async def run(
                     paced_rate = rows[0]["transitions_per_s"] / 2
                 rows.append(await bench.phase(prod, executions, paced_rate / CHAIN, seconds))
                 stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome  # a harness failure, not a figure
             return rows
         finally:
             proc.send_signal(signal.SIGTERM)
