@@ -143,7 +143,19 @@ async def _echo_aiokafka(kafka: KafkaSettings, names: dict[str, str], group: str
     return tally
 
 
-def _librdkafka_producer(kafka: KafkaSettings) -> dict[str, Any]:
+def librdkafka_consumer(kafka: KafkaSettings, group: str) -> dict[str, Any]:
+    """A librdkafka consumer's settings: manual commits, earliest reset, our fetch wait."""
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "socket.nagle.disable": True,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
+    }
+
+
+def librdkafka_producer(kafka: KafkaSettings) -> dict[str, Any]:
     """The echoes' librdkafka producer: acks=all and idempotent, as the scheduler's."""
     return {
         "bootstrap.servers": kafka.bootstrap_servers,
@@ -207,7 +219,7 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
 async def _echo_mixed(kafka: KafkaSettings, names: dict[str, str], group: str) -> Tally:
     tally = Tally()
     cons = await _aiokafka_consumer(kafka, names, group)
-    prod = _Deliveries(_librdkafka_producer(kafka), asyncio.get_running_loop())
+    prod = _Deliveries(librdkafka_producer(kafka), asyncio.get_running_loop())
     try:
         async for records in _fetched(cons, tally):
             await prod.send([(names["changelog"], r.key, STATE) for r in records])
@@ -225,17 +237,8 @@ def _echo_confluent(kafka: KafkaSettings, names: dict[str, str], group: str) -> 
     from confluent_kafka import Consumer, Producer
 
     tally = Tally()
-    cons = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "socket.nagle.disable": True,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
-        }
-    )
-    prod = Producer(_librdkafka_producer(kafka))
+    cons = Consumer(librdkafka_consumer(kafka, group))
+    prod = Producer(librdkafka_producer(kafka))
     cons.subscribe([names["in"]])
     print("ready", flush=True)
     last = time.perf_counter()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scheduler
+from bench.kafka_floor import librdkafka_consumer, librdkafka_producer
 from bench.report import report
 from cadenza_common.events import Topics
 from cadenza_common.settings import KafkaSettings
@@ -42,15 +43,7 @@ class _Writer:
     def __init__(self, kafka: KafkaSettings) -> None:
         from confluent_kafka import Producer
 
-        self.producer = Producer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "socket.nagle.disable": True,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": 0,
-            }
-        )
+        self.producer = Producer(librdkafka_producer(kafka))
         self.failed: list[str] = []
 
     def _delivered(self, err: Any, _msg: Any) -> None:
@@ -109,16 +102,7 @@ async def _serve(kafka: KafkaSettings, port: int) -> None:
         partitions=kafka.partitions,
         persist=persist,
     )
-    cons = Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "socket.nagle.disable": True,
-            "group.id": f"{kafka.topic_prefix}shell-floor",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": kafka.fetch_max_wait_ms,
-        }
-    )
+    cons = Consumer(librdkafka_consumer(kafka, f"{kafka.topic_prefix}shell-floor"))
     cons.subscribe([topics.executions_commands, topics.steps_completed])
     while not cons.assignment():
         cons.poll(0.1)
