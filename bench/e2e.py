@@ -16,7 +16,7 @@ what the processes cost doing nothing), two phases:
 Each row reports:
 - end-to-end latency p50/p99: scheduled send time of the execute request → `succeeded` seen
   in the read model (`execution_runs`, polled every 20 ms);
-- step scheduling latency p50/p99: Kafka timestamp of a StepSucceeded on `steps.completed` →
+- step scheduling latency p50/p99: Kafka timestamp of a StepSucceeded on `executions.commands` →
   Kafka timestamp of the next node's StepReady on `steps.ready` (producers' clocks, one host);
 - CPU (% of one core over the phase) and peak RSS (MB) per service, Kafka and Postgres.
 
@@ -192,9 +192,9 @@ async def watch_read_model(dsn: str, samples: Samples, stop: asyncio.Event) -> N
 
 
 async def watch_steps(kafka: KafkaSettings, samples: Samples, stop: asyncio.Event) -> None:
-    """Kafka timestamps of StepSucceeded (steps.completed) and StepReady (steps.ready)."""
+    """Kafka timestamps of StepSucceeded (executions.commands) and StepReady (steps.ready)."""
     prefix = kafka.topic_prefix
-    topics = [f"{prefix}steps.completed", f"{prefix}steps.ready"]
+    topics = [f"{prefix}executions.commands", f"{prefix}steps.ready"]
     async with consumer(kafka, topics, f"{prefix}bench-probe") as cons:
         while not stop.is_set():
             batch = await cons.getmany(timeout_ms=100, max_records=5000)

@@ -103,7 +103,7 @@ async def _serve(kafka: KafkaSettings, port: int) -> None:
         persist=persist,
     )
     cons = Consumer(librdkafka_consumer(kafka, f"{kafka.topic_prefix}shell-floor"))
-    cons.subscribe([topics.executions_commands, topics.steps_completed])
+    cons.subscribe([topics.executions_commands])
     while not cons.assignment():
         cons.poll(0.1)
     start_http_server(port, "127.0.0.1", registry=shell.metrics.registry)  # also "ready"

@@ -156,7 +156,7 @@ async def _run() -> list[dict[str, Any]]:
             kafka.producer(settings, linger_ms=20) as prod,
             kafka.consumer(
                 settings,
-                [topics.steps_completed],
+                [topics.executions_commands],
                 f"bench-{uuid.uuid4().hex[:6]}",
                 auto_offset_reset="latest",
             ) as cons,

@@ -41,7 +41,6 @@ class Topic(StrEnum):
     EXECUTIONS_COMMANDS = "executions.commands"
     APPROVALS_DECISIONS = "approvals.decisions"
     STEPS_READY = "steps.ready"
-    STEPS_COMPLETED = "steps.completed"
     EXECUTIONS_EVENTS = "executions.events"
     AUDIT_RECORDS = "audit.records"
     DLQ = "dlq"
@@ -68,10 +67,6 @@ class Topics:
     @property
     def steps_ready(self) -> str:
         return self.name(Topic.STEPS_READY)
-
-    @property
-    def steps_completed(self) -> str:
-        return self.name(Topic.STEPS_COMPLETED)
 
     @property
     def executions_events(self) -> str:
@@ -323,7 +318,7 @@ class StepReady(StepEvent):
     deadline: datetime | None = None
 
 
-# --- steps.completed and executions.events ------------------------------------------------------
+# --- step outcomes and executions.events ---------------------------------------------------------
 
 
 class StepSucceeded(StepEvent):
@@ -560,10 +555,11 @@ TOPIC_EVENTS: dict[Topic, tuple[type[Event], ...]] = {
         TimerFired,
         SignalReceived,
         ChildExecutionFinished,
+        StepSucceeded,
+        StepFailed,
     ),
     Topic.APPROVALS_DECISIONS: (ApprovalDecisionSubmitted,),
     Topic.STEPS_READY: (StepReady,),
-    Topic.STEPS_COMPLETED: (StepSucceeded, StepFailed),
     Topic.EXECUTIONS_EVENTS: (
         ExecutionStarted,
         StepScheduled,

@@ -80,17 +80,20 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_moves_on(
         handled.append(event)
 
     async with producer(fresh_kafka) as prod:
-        await send_event(prod, topics.steps_completed, good, source="/t")
+        await send_event(prod, topics.executions_commands, good, source="/t")
         await prod.send_and_wait(
-            topics.steps_completed, b"{oops", key=key, headers=[("ce_type", good.CE_TYPE.encode())]
+            topics.executions_commands,
+            b"{oops",
+            key=key,
+            headers=[("ce_type", good.CE_TYPE.encode())],
         )
         await prod.send_and_wait(
-            topics.steps_completed, b"{}", key=key, headers=[("ce_type", b"cadenza.unheard.of")]
+            topics.executions_commands, b"{}", key=key, headers=[("ce_type", b"cadenza.unheard.of")]
         )
-        await send_event(prod, topics.steps_completed, refused, source="/t")
-        await send_event(prod, topics.steps_completed, last, source="/t")
+        await send_event(prod, topics.executions_commands, refused, source="/t")
+        await send_event(prod, topics.executions_commands, last, source="/t")
         stop = asyncio.Event()
-        async with consumer(fresh_kafka, [topics.steps_completed], group_id="dlq-test") as cons:
+        async with consumer(fresh_kafka, [topics.executions_commands], group_id="dlq-test") as cons:
             task = asyncio.create_task(
                 consume_forever(cons, handler, DeadLetters(prod, topics, "dlq-test"), stop=stop)
             )
@@ -107,7 +110,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_moves_on(
     assert reasons[1] == "node refuse-me is not in the workflow"
     assert reasons[2] == "unknown event type 'cadenza.unheard.of'"
     for record in dead:
-        assert header(record.headers, "dlq_topic") == topics.steps_completed
+        assert header(record.headers, "dlq_topic") == topics.executions_commands
         assert header(record.headers, "dlq_consumer") == "dlq-test"
         assert header(record.headers, "dlq_offset") is not None
         assert record.key == key
@@ -116,7 +119,7 @@ async def test_poison_records_go_to_the_dlq_and_the_consumer_moves_on(
 async def test_each_execution_stays_on_one_partition_in_order(
     fresh_kafka: KafkaSettings,
 ) -> None:
-    topic = ev.Topics(fresh_kafka.topic_prefix).steps_completed
+    topic = ev.Topics(fresh_kafka.topic_prefix).executions_commands
     executions = [uuid.uuid4() for _ in range(50)]
     events = [
         ev.StepSucceeded(execution_id=x, org_id=ORG_ID, node_id="n", attempt=1, seq=i)

@@ -22,7 +22,8 @@ NODE_ENDED = (ev.StepSucceeded, ev.StepFailed, ev.StepSkipped)
 
 
 def build_outcome(task: TaskRef, verdict: Verdict) -> ev.StepSucceeded | ev.StepFailed | None:
-    """The steps.completed event for a verdict that ended its task (None while still open)."""
+    """The step outcome (for executions.commands) of a verdict that ended its task (None while
+    still open)."""
     outcome = verdict.outcome
     if outcome is None:
         return None
@@ -44,7 +45,7 @@ def build_outcome(task: TaskRef, verdict: Verdict) -> ev.StepSucceeded | ev.Step
 
 
 class OutcomeSender:
-    """Sends decided tasks' outcomes to steps.completed and marks them sent.
+    """Sends decided tasks' outcomes to executions.commands and marks them sent.
 
     The outcome is stored on the task in the deciding transaction; it is sent
     after commit and `outcome_emitted_at` is set once Kafka acknowledged it. A

@@ -20,5 +20,5 @@ TIME_TO_DECISION = Histogram(
 )
 OUTCOMES_EMITTED = Counter(
     "cadenza_approvals_outcomes_emitted_total",
-    "Step outcomes sent to steps.completed (resent ones included)",
+    "Step outcomes sent to executions.commands (resent ones included)",
 )

@@ -39,7 +39,7 @@ class ApprovalsService:
                 serve(create_app(self.ready.is_set), settings.host, settings.port) as port,
             ):
                 self.http_port = port
-                sender = OutcomeSender(repo, producer, topics.steps_completed, settings.source)
+                sender = OutcomeSender(repo, producer, topics.executions_commands, settings.source)
                 handler = ApprovalHandler(repo, sender)
                 resent = await sender.send_pending()
                 if resent:

@@ -68,7 +68,7 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float = WAIT_
 
 
 class Completed:
-    """Collects every record on steps.completed, by execution id."""
+    """Collects every step outcome on executions.commands, by execution id."""
 
     def __init__(self) -> None:
         self.by_execution: dict[uuid.UUID, list[ev.Event]] = defaultdict(list)
@@ -81,7 +81,8 @@ class Completed:
                 for records in (await cons.getmany(timeout_ms=200)).values():
                     for record in records:
                         event = decode(record.value, record.headers)
-                        assert isinstance(event, ev.ExecutionEvent)
+                        if not isinstance(event, (ev.StepSucceeded, ev.StepFailed)):
+                            continue
                         self.by_execution[event.execution_id].append(event)
 
     async def of(self, execution_id: uuid.UUID, count: int = 1) -> list[ev.Event]:
@@ -221,7 +222,9 @@ async def harness(kafka_settings: KafkaSettings, database_url: str) -> AsyncIter
     completed = Completed()
     started = asyncio.Event()
     topics = ev.Topics(kafka_settings.topic_prefix)
-    reader = asyncio.create_task(completed.collect(kafka_settings, topics.steps_completed, started))
+    reader = asyncio.create_task(
+        completed.collect(kafka_settings, topics.executions_commands, started)
+    )
     await asyncio.wait_for(started.wait(), WAIT_S)
     async with (
         producer(kafka_settings) as prod,

@@ -1,10 +1,17 @@
 """Cadenza scheduler service: a faust-streaming app around the pure `domain.decide()`.
 
-What it does: one agent (concurrency 1) reads `executions.commands` and `steps.completed`
-(both keyed by execution id, same partition count, so co-partitioned), keeps each
-execution in the Faust table `executions` (key: execution id, value: JSON bytes, see
-`codec`), calls `decide(state, event, now)` and sends what it emits to `steps.ready`,
-`executions.events` or `executions.commands`, keyed by execution id.
+What it does: one agent (concurrency 1) reads `executions.commands`, the one input topic:
+requests, cancels, signals, timers, children's ends and the runners' and approvals' step
+outcomes, keyed by execution id. It keeps each execution in the Faust table `executions`
+(key: execution id, value: JSON bytes, see `codec`), calls `decide(state, event, now)` and
+sends what it emits to `steps.ready`, `executions.events` or `executions.commands`, keyed
+by execution id.
+
+One input topic is what lets a batch's state writes and emits go to the broker together:
+everything an emit causes comes back on the same partition as the record that caused it,
+after it (see "No lost emits" below). With step outcomes on a topic of their own, an
+answer could be read before the record that asked for it is applied again after a
+crash, so the emits had to wait for the state to be durable: two round trips a batch.
 
 Guarantees we rely on, and why they hold:
 
@@ -15,8 +22,9 @@ Guarantees we rely on, and why they hold:
   load) and its commit-time flush gives up after 0.1 s. The table class
   (`app.DurableTable`) only marks changed keys dirty; the shell calls `persist(keys)`,
   which sends those keys' values to the changelog and returns when the broker has them,
-  before sending anything the new states caused. So a committed offset, or any event a
-  runner could answer, implies the state behind it is durable.
+  while the emits the new states caused are sent alongside. So a committed offset implies
+  the state behind it is durable, and an emit whose state is not can only be followed,
+  on its partition, by the uncommitted record that made it (see below).
 - Partitions taken over without a committed offset are rewound to their beginning before
   Faust resumes them (faust-streaming #629: records fetched during a rebalance are dropped
   while the client's position moves past them, and Faust only seeks back partitions with
@@ -53,10 +61,10 @@ No lost emits across a crash (the outbox). The agent takes records in batches
 records only after the shell handled it) and, for each batch:
   1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
      outbox accumulates when a batch holds several records of one execution);
-  2. `persist` those keys: their changelog writes are on the broker (one round trip per
-     batch);
-  3. send every emit, in order, and wait for the broker's acknowledgements (the records
-     of a partition go to the producer as one batch, in their order: `app.send_records`);
+  2. `persist` those keys and, at the same time,
+  3. send every emit, in order (the records of a partition go to the producer as one
+     batch, in their order: `app.send_records`); wait until the broker has both, one
+     round trip per batch;
   4. `table[key] = {state: new, outbox: []}`, held back up to `write_delay_s` (1 s) so the
      execution's next transition usually replaces it, then sent with the next batch's
      writes, or by the timer task once no batch has written for `write_delay_s`;
@@ -64,12 +72,18 @@ records only after the shell handled it) and, for each batch:
      A crash before that only resends events consumers already have.
 The table's changelog partition is computed from the key (`partition_of`), not from
 Faust's "current event", because a batch mixes partitions.
-A crash between 1 and 4 leaves the outbox in the changelog. On partition assignment,
+A crash after 2 and before 4 leaves the outbox in the changelog. On partition assignment,
 after recovery, the shell resends every non-empty outbox of the partitions it owns
 (remembering which keys it resent), and the next record for such a key resends it
 again unless that was already done, then clears it. The re-delivered input itself is a
-duplicate for decide() (state already advanced) and emits nothing. Step 2 comes
-before step 3, so no emit can exist without the state that made it.
+duplicate for decide() (state already advanced) and emits nothing. A crash after 3 but
+before 2 leaves emits whose state was lost: the input records of the batch were not
+committed, so they are applied again to the restored state and emit the same events.
+Everything those emits caused (a runner's or an approver's answer, a child's
+ChildExecutionFinished, a TimerFired) is written to `executions.commands` keyed by the
+same execution id, so it sits after the record that caused it in the same partition and
+is read after that record was applied again: decide() never sees an answer to an attempt
+its state does not know yet.
 decide() is deterministic in ids (event ids derive from the execution id and a counter),
 so re-sent events carry the same event ids and seq as the first ones — consumers dedupe
 by event id. Duplicated StepReady are harmless (the runner sends

@@ -112,6 +112,12 @@ class Batch:
         return self.record(event).value
 
 
+async def _done_at(work: Awaitable[Any]) -> float:
+    """Await `work`; return when it finished (`time.perf_counter()`)."""
+    await work
+    return time.perf_counter()
+
+
 class Table(Protocol):
     """The part of a Faust table the shell uses."""
 
@@ -257,22 +263,28 @@ class Shell:
             batch.emitted[emitted.CE_TYPE] += 1
 
     async def _flush(self, batch: Batch) -> None:
-        """Wait until the batch's table writes are durable, send its emits, clear outboxes.
+        """Make the batch's table writes durable and send its emits, together; clear outboxes.
 
-        The new states (with their outboxes) must be on the broker before anything they
-        caused is: otherwise a crash could restore an old state while a runner already
-        answers a StepReady of the new one, and decide() would drop that answer as unknown.
+        The writes and the emits go to the broker at once (one round trip, not two) and the
+        batch's records are acked only once both are there. A crash in between leaves one
+        of two things: the new states without their emits (the outboxes in them are resent
+        at recovery), or emits without the states. In the second case the input records
+        were not committed, and everything the emits cause (a runner's answer, a child's
+        end, a timer) arrives on the same `executions.commands` partition after them: the
+        restarted scheduler applies them again, to the same old state, and decide() emits
+        the same events (same ids) before any answer to them is read.
         """
         if not batch.outboxes:
             return
         failures = 0
         started = time.perf_counter()
-        persisted = 0.0
         while True:
             try:
-                await self._persist(batch.outboxes)
-                persisted = time.perf_counter()
-                await self.send_events(batch.outgoing, batch.record)
+                async with asyncio.TaskGroup() as flush:
+                    persisted = flush.create_task(_done_at(self._persist(batch.outboxes)))
+                    sent = flush.create_task(
+                        _done_at(self.send_events(batch.outgoing, batch.record))
+                    )
                 break
             except Exception:
                 # Nothing of the batch may be acked (so committed) before its states and emits
@@ -280,9 +292,9 @@ class Shell:
                 failures += 1
                 log.error("batch not flushed (attempt %d), retrying", failures, exc_info=True)
                 await asyncio.sleep(min(0.5 * failures, 5.0))
-        sent = time.perf_counter()
-        self.metrics.persist_seconds.observe(persisted - started)
-        self.metrics.send_seconds.observe(sent - persisted)
+        self.metrics.persist_seconds.observe(persisted.result() - started)
+        self.metrics.send_seconds.observe(sent.result() - started)
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
         for key in batch.outboxes:
             self.resent.discard(key)
             if key in batch.states:

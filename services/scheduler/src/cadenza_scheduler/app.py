@@ -562,7 +562,6 @@ def create_app(settings: Settings) -> Scheduler:
     ready = asyncio.Event()
     inputs = app.topic(
         topics.executions_commands,
-        topics.steps_completed,
         key_type=bytes,
         value_type=bytes,
         value_serializer="raw",
@@ -710,7 +709,7 @@ def _update_lag(app: Any, metrics: Metrics, topics: Topics) -> None:
     """Records behind the end of each assigned input partition (highwater - position)."""
     consumer = app.consumer
     for tp in app.assignor.assigned_actives():
-        if tp.topic not in (topics.executions_commands, topics.steps_completed):
+        if tp.topic != topics.executions_commands:
             continue
         try:
             high = consumer.highwater(tp)

@@ -42,14 +42,16 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
-        # where a batch's time goes: at half load the two round trips to the broker (states
-        # durable, then emits acknowledged) take about two thirds of it, and the agent takes
-        # no new records meanwhile (bench/README.md, scheduler session 8)
+        # where a batch's time goes: at half load the round trip to the broker (states
+        # durable and emits acknowledged, sent together) takes most of it, and the agent
+        # takes no new records meanwhile (bench/README.md, scheduler sessions 8 and 16)
         self.batch_seconds = Histogram(
             "cadenza_scheduler_batch_seconds",
             "Time a batch of input records spent in each step: apply (decode and decide() "
             "every record, dead-letter the bad ones), persist (until its states were on the "
-            "broker), send (until its emits were acknowledged); retries included",
+            "broker), send (until its emits were acknowledged), flush (until both were; states and "
+            "emits are sent together, so all three count from the end of apply); retries "
+            "included",
             ["phase"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
             registry=self.registry,
@@ -63,6 +65,7 @@ class Metrics:
         self.apply_seconds = self.batch_seconds.labels("apply")
         self.persist_seconds = self.batch_seconds.labels("persist")
         self.send_seconds = self.batch_seconds.labels("send")
+        self.flush_seconds = self.batch_seconds.labels("flush")
         self.gc_pause = Histogram(
             "cadenza_scheduler_gc_pause_seconds",
             "Pauses of Python's garbage collector, by generation (see cadenza_scheduler.heap)",

@@ -156,7 +156,7 @@ def succeed(ready: ev.StepReady) -> list[ev.Event]:
 
 @dataclass
 class Runner:
-    """Plays the step-runner: consumes steps.ready, answers on steps.completed."""
+    """Plays the step-runner: consumes steps.ready, answers on executions.commands."""
 
     kafka: KafkaSettings
     answer: Answer = succeed
@@ -193,7 +193,7 @@ class Runner:
         if delay:
             await asyncio.sleep(delay)
         for out in outs:
-            await send_event(prod, topics.steps_completed, out, source="/test")
+            await send_event(prod, topics.executions_commands, out, source="/test")
 
 
 @dataclass

@@ -61,7 +61,7 @@ async def test_executions_survive_three_sigkills(
 async def test_answers_that_arrived_while_the_scheduler_was_down_are_all_applied(
     schedulers: Callable[[], SchedulerProcess], harness: Harness, committed_before: bool
 ) -> None:
-    """The restarted scheduler finds a backlog on every partition of steps.completed.
+    """The restarted scheduler finds a backlog of answers on every partition of executions.commands.
 
     Two Faust hazards lost such backlogs (see `app._consumer_class` and `app._Recovery`):
     records returned for partitions not yet active were dropped with the position moved

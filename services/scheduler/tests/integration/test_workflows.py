@@ -65,7 +65,7 @@ async def approver(harness: Harness, decisions: dict[str, str]) -> AsyncIterator
                         output={"decision": decisions[request.node_id], "approvers": ["u1"]},
                     )
                     await send_event(
-                        harness.producer, harness.topics.steps_completed, decided, source="/t"
+                        harness.producer, harness.topics.executions_commands, decided, source="/t"
                     )
             await asyncio.sleep(0.05)
 

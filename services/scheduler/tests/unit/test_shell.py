@@ -100,25 +100,32 @@ async def test_a_request_saves_the_state_and_sends_its_emits_with_an_empty_outbo
     assert any(isinstance(e, ev.ExecutionStarted) for e in sent.events(TOPICS.executions_events))
 
 
-async def test_the_new_state_with_its_outbox_is_durable_before_any_emit_is_sent() -> None:
+async def test_the_new_state_with_its_outbox_and_its_emits_go_to_the_broker_together() -> None:
     sched, table, sent, _ = shell()
-    order: list[str] = []
     outboxes: list[list[ev.Event]] = []
+    emits_handed_over = asyncio.Event()
 
     async def persist(keys: Iterable[str]) -> None:
         for key in keys:
-            stored = codec.load(table[key])
-            order.append(f"durable outbox={len(stored.outbox)} sent={len(sent.records)}")
-            outboxes.append(stored.outbox)
+            outboxes.append(codec.load(table[key]).outbox)
+        # returns only once the emits were handed to the producer: a shell that waited for
+        # this write before sending would never finish
+        await emits_handed_over.wait()
+
+    async def send(records: Sequence[Outgoing]) -> list[Awaitable[None]]:
+        emits_handed_over.set()
+        return await sent(records)
 
     sched._persist = persist
+    sched._send = send
     req = request(flow(CALL_A))
 
-    await sched.apply(req)
+    async with asyncio.timeout(5):
+        await sched.apply(req)
 
-    assert order == [f"durable outbox={len(sent.records)} sent=0"]
     assert sent.records
     assert outboxes == [sent.events()]  # the outbox holds the records as sent, encoded once
+    assert codec.load(table[str(req.execution_id)]).outbox == []  # cleared once both landed
 
 
 async def test_each_batch_is_measured_records_and_time_applying_persisting_sending() -> None:
@@ -146,10 +153,12 @@ async def test_each_batch_is_measured_records_and_time_applying_persisting_sendi
     assert sample("cadenza_scheduler_batch_seconds_count", phase="apply") == 1
     persisted = sample("cadenza_scheduler_batch_seconds_sum", phase="persist")
     sending = sample("cadenza_scheduler_batch_seconds_sum", phase="send")
+    flushing = sample("cadenza_scheduler_batch_seconds_sum", phase="flush")
     applying = sample("cadenza_scheduler_batch_seconds_sum", phase="apply")
     assert 0.05 <= persisted < 1
-    # the batch's emits are handed to the producer together
-    assert 0.02 <= sending < 1
+    # the batch's emits are handed to the producer together, alongside the states
+    assert 0.02 <= sending < persisted
+    assert persisted <= flushing < 1
     assert 0 < applying < persisted
 
 
@@ -285,13 +294,14 @@ def test_a_store_other_than_memory_is_refused_with_the_reason() -> None:
     assert Settings().store == "memory://"
 
 
-async def test_a_batch_whose_state_write_failed_is_written_again_before_its_emits_go_out() -> None:
+async def test_a_batch_whose_state_write_failed_is_written_and_sent_again() -> None:
     sched, table, sent, _ = shell()
-    calls: list[int] = []
+    calls = 0
 
     async def flaky_persist(keys: Iterable[str]) -> None:
-        calls.append(len(sent.records))
-        if len(calls) == 1:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
             raise ConnectionError("broker unreachable")
 
     sched._persist = flaky_persist
@@ -299,9 +309,41 @@ async def test_a_batch_whose_state_write_failed_is_written_again_before_its_emit
 
     await sched.apply(req)
 
-    assert calls == [0, 0]  # nothing was sent until the second, successful write
-    assert sent.events(TOPICS.steps_ready)
+    assert calls == 2
+    ready = sent.events(TOPICS.steps_ready)
+    assert ready  # sent again with the second write: a duplicate, with the same event id
+    assert len({e.event_id for e in ready}) == 1
     assert codec.load(table[str(req.execution_id)]).outbox == []
+
+
+async def test_emits_whose_state_was_lost_are_made_again_before_their_answers_apply() -> None:
+    """A crash after a batch's emits landed but before its state write did: the restarted
+    shell finds the old state, and the uncommitted record, then the runner's answer to the
+    lost emit, on the same input partition in that order (the package docstring)."""
+    first, table, sent_first, _ = shell()
+    two_steps = flow(CALL_A, {**CALL_A, "id": "b", "path": "/b", "depends_on": ["a"]})
+    req = request(two_steps)
+    await first.apply(req)
+    durable = dict(table)  # the changelog as of the crash: a ran, the write after it lost
+    a_done = ev.StepSucceeded(
+        execution_id=req.execution_id, org_id=req.org_id, node_id="a", attempt=1
+    )
+    await first.apply(a_done)
+    (lost_ready,) = [e for e in sent_first.events(TOPICS.steps_ready) if e.node_id == "b"]
+    b_done = ev.StepSucceeded(
+        execution_id=req.execution_id, org_id=req.org_id, node_id="b", attempt=1
+    )
+    restarted, table, sent, _ = shell(durable)
+
+    await restarted.on_records(as_records([a_done, b_done]))
+
+    (again,) = sent.events(TOPICS.steps_ready)
+    assert again.event_id == lost_ready.event_id
+    state = codec.load(table[str(req.execution_id)]).state
+    assert state is not None
+    assert state.finished
+    ended = sent.events(TOPICS.executions_events)[-1]
+    assert isinstance(ended, ev.ExecutionSucceeded)
 
 
 async def test_every_emit_goes_to_the_partition_the_default_partitioner_gives_its_key() -> None:

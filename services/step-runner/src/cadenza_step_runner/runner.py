@@ -1,4 +1,4 @@
-"""The steps.ready consumer's record handler: decode, run the step, answer on steps.completed."""
+"""The steps.ready consumer's record handler: decode, run the step, answer the scheduler."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class StepRecords:
     ) -> None:
         self._handler = handler
         self._producer = producer
-        self._topic = topics.steps_completed
+        self._topic = topics.executions_commands
         self._dead_letters = dead_letters
 
     async def __call__(self, record: ConsumerRecord[Any, Any]) -> None:

@@ -109,17 +109,17 @@ async def test_sigkill_mid_run_loses_nothing_and_commits_skip_nothing(
 
     first = start_runner(fresh_kafka, database_url)
     try:
-        await wait_answered(fresh_kafka, topics.steps_completed, 60, timeout_s=40)
+        await wait_answered(fresh_kafka, topics.executions_commands, 60, timeout_s=40)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-    after_kill = await answered(fresh_kafka, topics.steps_completed)
+    after_kill = await answered(fresh_kafka, topics.executions_commands)
     offsets = await committed(fresh_kafka, topics.steps_ready)
 
     metrics_port = free_port()
     second = start_runner(fresh_kafka, database_url, metrics_port)
     try:
-        await wait_answered(fresh_kafka, topics.steps_completed, STEPS, timeout_s=60)
+        await wait_answered(fresh_kafka, topics.executions_commands, STEPS, timeout_s=60)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
     finally:
@@ -130,6 +130,6 @@ async def test_sigkill_mid_run_loses_nothing_and_commits_skip_nothing(
     assert skipped == []
     assert sum(offsets.values()) > 0  # commits happened before the kill: the check bites
     assert 0 < len(after_kill) < STEPS
-    assert await answered(fresh_kafka, topics.steps_completed) == set(by_place.values())
+    assert await answered(fresh_kafka, topics.executions_commands) == set(by_place.values())
     assert second.returncode == 0, err.decode()[-2000:]
     assert 'cadenza_step_runner_calls_total{connection="127.0.0.1",outcome="succeeded"}' in metrics

@@ -67,7 +67,7 @@ async def test_every_step_ready_is_answered_and_offsets_committed_after_drain(
 
     async with running(settings, RefSource(env={"REGION": "eu"})):
         records = await read_events(
-            fresh_kafka, topics.steps_completed, until=lambda r: len(r) >= len(steps)
+            fresh_kafka, topics.executions_commands, until=lambda r: len(r) >= len(steps)
         )
 
     answers = [kafka.decode(r.value, r.headers) for r in records]
@@ -119,9 +119,9 @@ async def test_runners_joining_and_leaving_the_group_answer_every_record(
 
     async with running(settings):
         async with running(settings):
-            await read_events(fresh_kafka, topics.steps_completed, until=lambda r: len(r) >= 60)
+            await read_events(fresh_kafka, topics.executions_commands, until=lambda r: len(r) >= 60)
         records = await read_events(
-            fresh_kafka, topics.steps_completed, until=answered, timeout_s=60
+            fresh_kafka, topics.executions_commands, until=answered, timeout_s=60
         )
 
     assert answered(records)

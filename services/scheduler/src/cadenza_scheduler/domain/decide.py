@@ -3,7 +3,7 @@
 No I/O, no clock, no randomness: time comes from `now`, ids derive from the execution
 id and counters in the state, jitter from the seed carried by ExecutionRequested.
 
-What the Faust shell does per record of `executions.commands` / `steps.completed`:
+What the Faust shell does per record of `executions.commands`:
     state = load_state(raw) if raw else None          # domain.state
     decision = decide(state, event, now)
     save dump_state(decision.state) (delete the key when it is None)
