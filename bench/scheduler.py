@@ -16,7 +16,8 @@ phase counts transitions and latencies only after its first `WINDOW_START_S` sec
 ramp), and then waits for its executions to finish before the next phase starts.
 `CADENZA_BENCH_LATENCIES=PREFIX` also writes each phase's timed transitions to
 `PREFIX.saturation.json` and `PREFIX.paced.json`: `[seconds into the window, latency ms,
-of which until the scheduler produced ms]`, to see whether a tail is spread or clustered.
+of which until the scheduler produced ms]`, to see whether a tail is spread or clustered,
+and `PREFIX.<phase>.start`: the window's start on the monotonic clock (`time.perf_counter`).
 
 Needs a Kafka broker: `CADENZA_BENCH_KAFKA` (or `CADENZA_TEST_KAFKA`), default 127.0.0.1:9092.
 """
@@ -237,6 +238,9 @@ class Bench:
             ]
             name = "saturation" if rate is None else "paced"
             Path(f"{dump}.{name}.json").write_bytes(orjson.dumps(rows))
+            # where the window began on the system's monotonic clock (time.perf_counter), to
+            # line the latencies up with other samples (CPU, the broker's GC log)
+            Path(f"{dump}.{name}.start").write_text(f"{window[0]}\n")
         self.transitions.clear()
         self.latencies.clear()
         main_s = all_s = 0.0
