@@ -43,6 +43,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import decide as decide_bench
 from bench.report import percentile, report
 from cadenza_common import events as ev
 from cadenza_common.kafka import (
@@ -82,6 +83,17 @@ def _port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def machine_speed(executions: int = 40) -> float:
+    """Microseconds a decide() call with the state's JSON round trip takes in this process
+    now (`bench decide`'s workflow): how quick the machine is as a phase starts. Its speed
+    drifts by half within minutes, and latencies with it; this column tells runs apart."""
+    doc = decide_bench.workflow()
+    batches = [decide_bench.events_for(n, doc) for n in range(executions)]
+    decide_bench.run(batches[:5], round_trip=True)  # warm: compiled templates, the graph
+    elapsed, latencies = decide_bench.run(batches, round_trip=True)
+    return elapsed / len(latencies) * 1e6
 
 
 class Bench:
@@ -197,6 +209,7 @@ class Bench:
         """Run for `seconds`: `in_flight` executions at all times (rate None), or `rate`
         new executions a second; then wait for the started ones to finish."""
         errors_before = self.scheduler_errors()
+        machine_us = machine_speed()
         start = time.perf_counter()
         end = start + seconds
         ids: list[uuid.UUID] = []
@@ -288,6 +301,7 @@ class Bench:
             ),
             # a failed flush is retried after a back-off: it shows as latency, so count them
             "scheduler_errors": self.scheduler_errors() - errors_before,
+            "machine_us": round(machine_us),
         }
 
     def scheduler_cpu(self) -> tuple[float, float]:
