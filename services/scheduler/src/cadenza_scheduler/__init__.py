@@ -42,6 +42,11 @@ Guarantees we rely on, and why they hold:
   `wait_first(delivery, suspend_flow)` tasks; one that waits (flow control suspended for a
   rebalance, a full buffer) is finished exactly as Faust does, abandoned when the flow
   stops. So no record of a revoked partition is delivered after the revocation.
+- A batch takes every event already waiting in the agent's channel at once
+  (`app._take_queued`), as Faust's stream iterator would take them one loop turn each:
+  events of an older consumer generation, or taken while the flow is stopped for a
+  rebalance, are dropped unacked; the others are tracked for acking. It runs only while
+  the iterator holds no event, so the order is kept.
 - Faust's consumer service runs on the app's event loop, not in a thread of its own
   (`app._consumer_class`): fetches, commits and seeks are direct calls, rebalance
   callbacks are tasks on the same loop. aiokafka's heartbeats therefore share the loop

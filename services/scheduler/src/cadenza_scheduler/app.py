@@ -444,8 +444,10 @@ async def take_available(stream: Any, max_: int, within: float) -> AsyncIterator
     `max_` are pending). Faust's `Stream.take_events` instead stops taking events while a
     batch is handled and then waits `within` from that moment, even with a backlog: idle
     time under load. Here a backlog is taken at once, and an idle agent waits at most
-    `within` after an event arrives for others to share its round trips to the broker
-    (each batch costs two, and their CPU, whatever its size).
+    `within` after an event arrives for others to share its round trip to the broker (each
+    batch costs one, and its CPU, whatever its size). A batch also takes every event already
+    waiting in the stream's channel (`_take_queued`), not only those Faust's iterator handed
+    over one loop turn at a time while the previous batch was flushed.
     """
     pending: list[Any] = []
     first_at = 0.0
@@ -481,6 +483,8 @@ async def take_available(stream: Any, max_: int, within: float) -> AsyncIterator
             if wait > 0 and not full.is_set():
                 await stream.wait_for_stopped(full, timeout=wait)
             batch = pending[:]
+            if len(batch) < max_:
+                batch.extend(_take_queued(stream, max_ - len(batch)))
             pending.clear()
             arrived.clear()
             full.clear()
@@ -490,6 +494,43 @@ async def take_available(stream: Any, max_: int, within: float) -> AsyncIterator
     finally:
         stream.enable_acks = acks
         stream._processors.remove(add)
+
+
+def _take_queued(stream: Any, limit: int) -> list[Any]:
+    """Up to `limit` events already waiting in the stream's channel, taken at once.
+
+    Faust's stream iterator hands the agent one event a loop turn (an `await sleep(0)` each,
+    between all the loop's other work): at saturation ~550 of the 600 records in flight sat
+    in the channel while batches took 20-40 (bench/README.md, scheduler session 16). This
+    takes them as the iterator does (faust-streaming 0.15's `Stream._py_aiter` and its
+    Cython twin; check it on upgrades): events of an older consumer generation, or taken
+    while the flow is stopped for a rebalance, are dropped unacked (they are fetched again);
+    the others are tracked as unacked messages, so the agent's `stream.ack` commits them.
+
+    Only called while the iterator holds no event (the batch is not full: it suspends only
+    waiting for room), so the events keep their order. Errors thrown into the channel stay
+    there for the iterator to raise.
+    """
+    queue = stream.channel.queue
+    app = stream.app
+    unacked = app.consumer.unacked
+    acking = app.topics.acking_topics
+    taken: list[Any] = []
+    while len(taken) < limit and not queue._errors and queue.qsize():
+        event = queue.get_nowait()
+        message = event.message
+        if (
+            not app.flow_control.is_active()
+            or message.generation_id != app.consumer_generation_id
+        ):
+            continue
+        if message.topic in acking and not message.tracked:
+            message.tracked = True
+            unacked.add(message)
+            stream._on_message_in(message.tp, message.offset, message)
+        stream._on_stream_event_in(message.tp, message.offset, stream, event)
+        taken.append(event)
+    return taken
 
 
 @dataclass
