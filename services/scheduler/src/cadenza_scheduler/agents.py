@@ -196,8 +196,8 @@ class Shell:
         """Handle a batch of records in order; never raises.
 
         A record that cannot be decoded or handled goes to the DLQ with the reason and the
-        batch goes on. The changes of the whole batch are made durable together, then what
-        they emitted is sent together: one round trip per batch instead of two per record.
+        batch goes on. The changes of the whole batch are made durable, and what they
+        emitted is sent, together: one round trip per batch instead of two per record.
         """
         batch = Batch(self.source)
         started = time.perf_counter()
