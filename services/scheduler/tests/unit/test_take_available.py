@@ -76,8 +76,13 @@ async def test_a_backlog_in_the_channel_is_taken_as_one_batch_in_order(stream: A
 
     # Faust's iterator alone hands over a few in the batch's first millisecond
     assert first == list(range(300))
-    # tracked as unacked (the agent's acks commit them); a weak set: `events` keeps them
-    assert set(stream.app.consumer.unacked) == {event.message for event in events}
+    # tracked as unacked (a weak set: `events` keeps them), and the agent's acks commit them
+    consumer = stream.app.consumer
+    assert set(consumer.unacked) == {event.message for event in events}
+    for event in events:
+        await stream.ack(event)
+    assert not consumer.unacked
+    assert sorted(consumer._acked[events[0].message.tp]) == first  # what the commit reads
 
 
 async def test_a_full_batch_leaves_the_rest_for_the_next_ones_in_order(stream: Any) -> None:
