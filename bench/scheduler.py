@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -40,19 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import decide as decide_bench
+from bench.kafka_floor import librdkafka_consumer, librdkafka_producer
 from bench.report import percentile, report
 from cadenza_common import events as ev
 from cadenza_common.kafka import (
-    consumer,
+    KafkaMessage,
     decode,
     delete_prefixed_topics,
     encode,
     ensure_topics,
-    producer,
 )
 from cadenza_common.settings import KafkaSettings
 from cadenza_scheduler import heap
@@ -96,6 +97,25 @@ def machine_speed(executions: int = 40) -> float:
     return elapsed / len(latencies) * 1e6
 
 
+def harness_cpu() -> float:
+    """CPU seconds this process (the harness) used so far, every thread."""
+    times = os.times()
+    return times.user + times.system
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Busy and idle seconds of all the machine's cores so far (`/proc/stat`; 0 off Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal
+    tick = os.sysconf("SC_CLK_TCK")
+    return busy / tick, idle / tick
+
+
 class Bench:
     def __init__(
         self,
@@ -115,71 +135,84 @@ class Bench:
         self.latencies: list[tuple[float, float, float]] = []
         self.transitions: list[float] = []  # when each StepSucceeded was recorded
         self.finished: set[uuid.UUID] = set()
+        self.failed: list[str] = []  # delivery errors of the harness's producer
+        self.producer = Producer(
+            {
+                **librdkafka_producer(kafka),
+                "delivery.report.only.error": True,
+                "on_delivery": self._delivered,
+            }
+        )
 
-    async def runner(self, prod: AIOKafkaProducer, stop: asyncio.Event) -> None:
-        group = f"bench-runner-{uuid.uuid4().hex[:8]}"
-        acks: list[asyncio.Future[Any]] = []
-        async with consumer(self.kafka, [self.topics.steps_ready], group) as cons:
+    def serve(self, stop: threading.Event) -> None:
+        """The synthetic runner and the history reader, until `stop` is set (a thread).
+
+        One librdkafka consumer reads `steps.ready` and `executions.events`: each StepReady
+        is answered at once with its StepSucceeded on `executions.commands`; the history
+        counts the transitions and the executions that succeeded. librdkafka fetches and
+        produces in threads of its own, in C: the harness shares the machine's two cores
+        with the scheduler and the broker, and an aiokafka harness (sessions 1-16) used
+        ~480 us of CPU a transition, half a core at 1,000/s, to the scheduler's ~800.
+        """
+        group = f"bench-harness-{uuid.uuid4().hex[:8]}"
+        cons = Consumer(librdkafka_consumer(self.kafka, group))
+        cons.subscribe([self.topics.steps_ready, self.topics.executions_events])
+        ready_topic, commands = self.topics.steps_ready, self.topics.executions_commands
+        try:
             while not stop.is_set():
-                batch = await cons.getmany(timeout_ms=50, max_records=2000)
+                self.producer.poll(0)  # delivery reports (errors only)
+                first = cons.poll(0.05)  # returns as soon as one record is there
+                if first is None:
+                    continue
+                records = [first, *cons.consume(1999, 0)]  # and whatever else is fetched
                 now = time.perf_counter()
                 wall = time.time()
-                futures = []
                 answered = []
-                for records in batch.values():
-                    for record in records:
-                        ready = decode(record.value, record.headers)
-                        assert isinstance(ready, ev.StepReady)
-                        index = int(ready.node_id[1:])
-                        previous = self.sent_at.pop((ready.execution_id, index - 1), None)
-                        if previous is not None:
-                            # the record's timestamp: when the scheduler produced it (ms)
-                            produced = min(record.timestamp / 1000, wall)
-                            inside = max(0.0, produced - previous[1])
-                            self.latencies.append((now, now - previous[0], inside))
-                        out = ev.StepSucceeded(
-                            execution_id=ready.execution_id,
-                            org_id=ready.org_id,
-                            node_id=ready.node_id,
-                            attempt=ready.attempt,
-                        )
-                        msg = encode(out, source="/bench")
-                        answered.append((ready.execution_id, index))
-                        futures.append(
-                            await prod.send(
-                                self.topics.executions_commands,
-                                msg.value,
-                                key=msg.key,
-                                headers=msg.headers,
-                            )
-                        )
-                # produced now: the producer sends the batch once this task yields (stamping
-                # each record as it was built counted the rest of the batch's handling)
+                for record in records:
+                    if (error := record.error()) is not None:
+                        raise RuntimeError(f"the harness consumer failed: {error}")
+                    if record.topic() != ready_topic:
+                        self._history(record)
+                        continue
+                    ready = decode(record.value(), record.headers())
+                    assert isinstance(ready, ev.StepReady)
+                    index = int(ready.node_id[1:])
+                    previous = self.sent_at.pop((ready.execution_id, index - 1), None)
+                    if previous is not None:
+                        # the record's timestamp: when the scheduler produced it (ms)
+                        produced = min(record.timestamp()[1] / 1000, wall)
+                        inside = max(0.0, produced - previous[1])
+                        self.latencies.append((now, now - previous[0], inside))
+                    out = ev.StepSucceeded(
+                        execution_id=ready.execution_id,
+                        org_id=ready.org_id,
+                        node_id=ready.node_id,
+                        attempt=ready.attempt,
+                    )
+                    self._produce(commands, encode(out, source="/bench"))
+                    answered.append((ready.execution_id, index))
+                # librdkafka's own thread sends them now (linger 0)
                 sent = time.perf_counter(), time.time()
                 for answer in answered:
                     self.sent_at[answer] = sent
-                if futures:
-                    # acks are awaited aside: the next StepReady is not left unread meanwhile
-                    acks.append(asyncio.gather(*futures))
-                for ack in [a for a in acks if a.done()]:
-                    acks.remove(ack)
-                    ack.result()  # a failed send fails the bench
-            await asyncio.gather(*acks)
+        finally:
+            cons.close()
 
-    async def history(self, stop: asyncio.Event) -> None:
-        group = f"bench-history-{uuid.uuid4().hex[:8]}"
-        async with consumer(self.kafka, [self.topics.executions_events], group) as cons:
-            while not stop.is_set():
-                batch = await cons.getmany(timeout_ms=50, max_records=5000)
-                for records in batch.values():
-                    for record in records:
-                        ce_type = dict(record.headers).get("ce_type", b"")
-                        if ce_type == b"cadenza.step.succeeded":
-                            self.transitions.append(time.perf_counter())
-                        elif ce_type == b"cadenza.execution.succeeded":
-                            self.finished.add(uuid.UUID(record.key.decode()))
+    def _history(self, record: Any) -> None:
+        ce_type = dict(record.headers() or ()).get("ce_type", b"")
+        if ce_type == b"cadenza.step.succeeded":
+            self.transitions.append(time.perf_counter())
+        elif ce_type == b"cadenza.execution.succeeded":
+            self.finished.add(uuid.UUID(record.key().decode()))
 
-    async def start(self, prod: AIOKafkaProducer) -> uuid.UUID:
+    def _produce(self, topic: str, msg: KafkaMessage) -> None:
+        self.producer.produce(topic, msg.value, msg.key, headers=list(msg.headers))
+
+    def _delivered(self, error: Any, _msg: Any) -> None:
+        if error is not None:
+            self.failed.append(str(error))
+
+    def start(self) -> uuid.UUID:
         """Request one execution of the chain."""
         event = ev.ExecutionRequested(
             execution_id=uuid.uuid4(),
@@ -188,24 +221,19 @@ class Bench:
             workflow_version=1,
             workflow=_workflow(),
         )
-        msg = encode(event, source="/bench")
-        await prod.send(
-            self.topics.executions_commands, msg.value, key=msg.key, headers=msg.headers
-        )
+        self._produce(self.topics.executions_commands, encode(event, source="/bench"))
         return event.execution_id
 
-    async def warm_up(self, prod: AIOKafkaProducer) -> None:
+    async def warm_up(self) -> None:
         """A few executions to the end, not measured: metadata, connections, caches."""
-        ids = [await self.start(prod) for _ in range(WARMUP_EXECUTIONS)]
+        ids = [self.start() for _ in range(WARMUP_EXECUTIONS)]
         await self.drain(ids, time.perf_counter() + 120)
 
     async def drain(self, ids: list[uuid.UUID], deadline: float) -> None:
         while not self.finished.issuperset(ids) and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
 
-    async def phase(
-        self, prod: AIOKafkaProducer, in_flight: int, rate: float | None, seconds: float
-    ) -> dict[str, Any]:
+    async def phase(self, in_flight: int, rate: float | None, seconds: float) -> dict[str, Any]:
         """Run for `seconds`: `in_flight` executions at all times (rate None), or `rate`
         new executions a second; then wait for the started ones to finish."""
         errors_before = self.scheduler_errors()
@@ -215,11 +243,13 @@ class Bench:
         ids: list[uuid.UUID] = []
         running: set[uuid.UUID] = set()
         cpu_at_window: tuple[float, float] | None = None
+        harness_at_window, machine_at_window = 0.0, (0.0, 0.0)
         switches_at_window = (0, 0)
         batches_at_window: dict[str, float] = {}
         while (now := time.perf_counter()) < end:
             if cpu_at_window is None and now >= start + WINDOW_START_S:
                 cpu_at_window = self.scheduler_cpu()
+                harness_at_window, machine_at_window = harness_cpu(), machine_cpu()
                 switches_at_window = self.scheduler_switches()
                 batches_at_window = await asyncio.to_thread(self.scheduler_batches)
             running = {i for i in running if i not in self.finished}
@@ -228,10 +258,14 @@ class Bench:
             else:
                 wanted = int((now - start) * rate) + 1 - len(ids)
             for _ in range(max(0, wanted)):
-                ids.append(await self.start(prod))
+                ids.append(self.start())
                 running.add(ids[-1])
             await asyncio.sleep(0.005)
         cpu_at_end = self.scheduler_cpu()
+        harness_s = harness_cpu() - harness_at_window
+        machine_busy, machine_idle = (
+            at_end - at for at_end, at in zip(machine_cpu(), machine_at_window, strict=True)
+        )
         switches = [
             end - at for end, at in zip(self.scheduler_switches(), switches_at_window, strict=True)
         ]
@@ -283,6 +317,11 @@ class Bench:
             # Faust's consumer on it) and the whole process (its other threads too)
             "cpu_main_us": round(main_s * per),
             "cpu_all_us": round(all_s * per),
+            # this process's CPU (the synthetic runner, the history reader, the starts) per
+            # transition, and the share of the machine's cores busy: the scheduler shares
+            # them with the harness and the broker
+            "harness_cpu_us": round(harness_s * per),
+            "machine_busy": round(machine_busy / max(1e-9, machine_busy + machine_idle), 2),
             # how often its main thread blocked (its event loop had nothing to run) and was
             # preempted, a second: a loop that never blocks is busy, whatever the load
             "loop_waits_per_s": round(switches[0] / (window[1] - window[0])),
@@ -295,8 +334,7 @@ class Bench:
             "persist_ms": round(batches.get("persist", 0.0) / taken * 1000, 2),
             "send_ms": round(batches.get("send", 0.0) / taken * 1000, 2),
             "agent_busy": round(
-                sum(batches.get(k, 0.0) for k in ("apply", "flush"))
-                / (window[1] - window[0]),
+                sum(batches.get(k, 0.0) for k in ("apply", "flush")) / (window[1] - window[0]),
                 2,
             ),
             # a failed flush is retried after a back-off: it shows as latency, so count them
@@ -427,22 +465,21 @@ async def run(
             # settings as the scheduler's (cadenza_scheduler.heap)
             gc.set_threshold(*SchedulerSettings.model_fields["gc_thresholds"].default)
             heap.settle()
-            stop = asyncio.Event()
-            async with producer(kafka, linger_ms=1) as prod:
-                tasks = [
-                    asyncio.create_task(bench.runner(prod, stop)),
-                    asyncio.create_task(bench.history(stop)),
-                ]
-                await bench.warm_up(prod)
+            stop = threading.Event()
+            serving = asyncio.create_task(asyncio.to_thread(bench.serve, stop))
+            try:
+                await bench.warm_up()
                 rows = []
                 if paced_rate is None:
-                    rows.append(await bench.phase(prod, executions, None, seconds))
+                    rows.append(await bench.phase(executions, None, seconds))
                     paced_rate = rows[0]["transitions_per_s"] / 2
-                rows.append(await bench.phase(prod, executions, paced_rate / CHAIN, seconds))
+                rows.append(await bench.phase(executions, paced_rate / CHAIN, seconds))
+            finally:
                 stop.set()
-                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-                    if isinstance(outcome, BaseException):
-                        raise outcome  # a harness failure, not a figure
+                await serving  # a harness failure fails the bench: it is not a figure
+                bench.producer.flush(30)
+            if bench.failed:
+                raise RuntimeError(f"the harness could not send: {bench.failed[0]}")
             return rows
         finally:
             proc.send_signal(signal.SIGTERM)
