@@ -304,6 +304,7 @@ class Shell:
                 state_bytes = codec.state_json(state)
             self._save(key, Stored(state), state_bytes)
             self._track(key, state)
+        self._gauge()
 
     def _save(
         self,
@@ -332,7 +333,8 @@ class Shell:
         self.metrics.active.set(len(self.active))
 
     def _track(self, key: str, state: ExecutionState | None) -> None:
-        """Index the state's timers (and its retention) in the heap; count active executions."""
+        """Index the state's timers (and its retention) in the heap; count active executions
+        (the gauges are set once a batch, by `_gauge`)."""
         if state is None:
             self.active.discard(key)
         elif state.finished:
@@ -343,6 +345,8 @@ class Shell:
             self.active.add(key)
             for timer in state.timers:
                 self.heap.push(key, timer.timer_id, timer.due_at.timestamp())
+
+    def _gauge(self) -> None:
         self.metrics.active.set(len(self.active))
         self.metrics.timers.set(len(self.heap))
 
@@ -439,8 +443,7 @@ class Shell:
                 self.active.add(key)
                 for due, timer_id in summary.timers:
                     self.heap.push(key, timer_id, due)
-        self.metrics.active.set(len(self.active))
-        self.metrics.timers.set(len(self.heap))
+        self._gauge()
         return resent
 
     async def fire_due(self) -> int:

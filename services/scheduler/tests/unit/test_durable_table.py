@@ -92,6 +92,18 @@ async def test_the_consumer_runs_on_the_apps_loop_and_is_called_directly() -> No
     assert thread.thread_loop is asyncio.get_running_loop()
 
 
+async def test_fausts_monitor_sensor_is_neither_called_nor_started() -> None:
+    scheduler = create_app(Settings())
+    app = scheduler.app
+
+    services = list(app.on_init_dependencies())
+
+    assert app.monitor not in services
+    assert list(app.sensors) == []
+    app.sensors.on_table_set(scheduler.table, "k", b"v")  # what a table write calls
+    assert app.monitor.tables == {}  # the Monitor kept no statistics
+
+
 async def test_a_write_while_its_key_is_being_sent_is_sent_by_the_next_persist(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

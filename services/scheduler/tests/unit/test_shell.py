@@ -184,6 +184,27 @@ async def test_records_handled_and_events_emitted_are_counted_by_type() -> None:
     assert emitted == len(sent.events())
 
 
+async def test_active_executions_and_pending_timers_are_gauged_after_each_batch() -> None:
+    sched, _, _, _ = shell()
+
+    def gauge(name: str) -> float | None:
+        return sched.metrics.registry.get_sample_value(name)
+
+    waits = [request(flow(WAIT), execution_id=uuid.uuid4()) for _ in range(2)]
+    calls = [request(flow(CALL_A), execution_id=uuid.uuid4()) for _ in range(3)]
+    await sched.on_records(as_records([*waits, *calls]))
+    assert gauge("cadenza_scheduler_active_executions") == 5
+    assert gauge("cadenza_scheduler_timers_pending") == 2  # the two waits
+
+    done = [
+        ev.StepSucceeded(execution_id=c.execution_id, org_id=c.org_id, node_id="a", attempt=1)
+        for c in calls
+    ]
+    await sched.on_records(as_records(done))
+    assert gauge("cadenza_scheduler_active_executions") == 2
+    assert gauge("cadenza_scheduler_timers_pending") == 5  # and three retentions
+
+
 async def test_a_finished_execution_is_not_kept_parsed_only_its_bytes_are() -> None:
     # Parsed states are most of the process's objects: a finished one kept in the cache
     # is only scanned by the garbage collector until its retention ends.
