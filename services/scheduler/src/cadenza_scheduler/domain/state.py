@@ -335,12 +335,21 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
     return {node_id: hit[1] for node_id, hit in fresh.items()}
 
 
+_RENDERED_APART = frozenset({"spec", "nodes"})
+
+
 def dump_state(state: ExecutionState) -> bytes:
-    """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec."""
-    doc = state.model_dump(mode="json", exclude={"spec", "nodes"})
-    doc["nodes"] = _nodes_json(state)
-    doc["spec_key"], doc["spec"] = _SPECS.rendered(state.spec)
-    return orjson.dumps(doc)
+    """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec.
+
+    The fields but the nodes and the spec are pydantic-core's JSON as it renders them
+    (`to_json`, bytes: no dict in between, a fifth faster than `model_dump` then
+    `orjson.dumps`, the same bytes); the nodes' and the spec's JSON are spliced in after
+    them, rendered once each (`_nodes_json`, `_SPECS`).
+    """
+    fields = state.__pydantic_serializer__.to_json(state, exclude=_RENDERED_APART)
+    key, spec = _SPECS.rendered(state.spec)
+    rest = orjson.dumps({"nodes": _nodes_json(state), "spec_key": key, "spec": spec})
+    return fields[:-1] + b"," + rest[1:]  # fields never empty: ids and times are required
 
 
 def load_state(data: bytes) -> ExecutionState:
