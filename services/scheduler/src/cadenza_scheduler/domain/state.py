@@ -335,7 +335,7 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
     return {node_id: hit[1] for node_id, hit in fresh.items()}
 
 
-_RENDERED_APART = frozenset({"spec", "nodes"})
+_RENDERED_APART = {"spec", "nodes"}  # never changed
 
 
 def dump_state(state: ExecutionState) -> bytes:
