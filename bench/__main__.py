@@ -1,4 +1,7 @@
-"""`python -m bench [NAME ...]`: run the named benchmarks (default: list them)."""
+"""`python -m bench [NAME ...]`: run the named benchmarks (default: list them).
+
+`python -m bench ab BASE [NEW] ...` runs one benchmark against two versions of the
+services, alternated (`bench.ab`)."""
 
 from __future__ import annotations
 
@@ -11,9 +14,8 @@ from pathlib import Path
 
 def available() -> list[str]:
     here = Path(__file__).parent
-    return sorted(
-        m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in {"report", "__main__"}
-    )
+    tools = {"ab", "report", "__main__"}
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in tools)
 
 
 def use_local_stack() -> None:
@@ -37,6 +39,12 @@ def main(names: list[str]) -> int:
     if not names:
         print("benchmarks:", ", ".join(available()) or "(none yet)")
         print("run: python -m bench NAME [NAME ...]  (each writes bench/results/NAME.json)")
+        print("compare two revisions: python -m bench ab BASE [NEW] [--runs N] [--bench NAME]")
+        return 0
+    if names[0] == "ab":
+        from bench import ab
+
+        ab.main(names[1:])
         return 0
     use_local_stack()
     for name in names:
