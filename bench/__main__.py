@@ -41,12 +41,12 @@ def main(names: list[str]) -> int:
         print("run: python -m bench NAME [NAME ...]  (each writes bench/results/NAME.json)")
         print("compare two revisions: python -m bench ab BASE [NEW] [--runs N] [--bench NAME]")
         return 0
+    use_local_stack()  # here: a side of `ab` runs another tree's devstack, which finds none
     if names[0] == "ab":
         from bench import ab
 
         ab.main(names[1:])
         return 0
-    use_local_stack()
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         module.main()
