@@ -87,13 +87,13 @@ def summary(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     medians = []
     for (phase, side), rows in groups.items():
         figures: dict[str, Any] = {"phase": phase, "side": side, "runs": len(rows)}
-        for key in dict.fromkeys(k for row in rows for k in row):
+        for key in dict.fromkeys(k for row in rows for k in row if k != "run"):
             values = [
                 row[key]
                 for row in rows
                 if isinstance(row.get(key), int | float) and not isinstance(row[key], bool)
             ]
-            if values and key != "run":
+            if values:
                 figures[key] = round(statistics.median(values), 2)
         medians.append(figures)
     return medians
@@ -156,8 +156,5 @@ def main(argv: Sequence[str] | None = None) -> None:
                     capture_output=True,
                 )
     revisions = f"base {args.base}, new {args.new}"
-    report(f"ab-{args.bench}", summary(runs), notes=f"medians of {args.runs} runs; {revisions}")
-    path = RESULTS / f"ab-{args.bench}.json"
-    doc = orjson.loads(path.read_bytes())
-    doc["runs"] = runs
-    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    notes = f"medians of {args.runs} runs; {revisions}"
+    report(f"ab-{args.bench}", summary(runs), notes=notes, extra={"runs": runs})

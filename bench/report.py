@@ -22,8 +22,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
-def report(name: str, rows: list[dict[str, Any]], notes: str = "") -> Path:
-    """Print `rows` as a table and save them with the machine's description; return the path."""
+def report(
+    name: str,
+    rows: list[dict[str, Any]],
+    notes: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Print `rows` as a table and save them with the machine's description (and `extra`,
+    more of the run's figures, kept beside the rows); return the path."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print(f"\n{name}")
@@ -41,6 +47,7 @@ def report(name: str, rows: list[dict[str, Any]], notes: str = "") -> Path:
         "machine": {"cpus": _cpus(), "python": platform.python_version()},
         "rows": rows,
         "notes": notes,
+        **(extra or {}),
     }
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return path

@@ -54,6 +54,7 @@ from cadenza_common.kafka import (
     delete_prefixed_topics,
     encode,
     ensure_topics,
+    header,
 )
 from cadenza_common.settings import KafkaSettings
 from cadenza_scheduler import heap
@@ -199,10 +200,10 @@ class Bench:
             cons.close()
 
     def _history(self, record: Any) -> None:
-        ce_type = dict(record.headers() or ()).get("ce_type", b"")
-        if ce_type == b"cadenza.step.succeeded":
+        ce_type = header(record.headers(), "ce_type")
+        if ce_type == ev.StepSucceeded.CE_TYPE:
             self.transitions.append(time.perf_counter())
-        elif ce_type == b"cadenza.execution.succeeded":
+        elif ce_type == ev.ExecutionSucceeded.CE_TYPE:
             self.finished.add(uuid.UUID(record.key().decode()))
 
     def _produce(self, topic: str, msg: KafkaMessage) -> None:
