@@ -330,7 +330,7 @@ class Shell:
             return
         self._save(key, Stored(None), b"null")
         self.active.discard(key)
-        self.metrics.active.set(len(self.active))
+        self._gauge()
 
     def _track(self, key: str, state: ExecutionState | None) -> None:
         """Index the state's timers (and its retention) in the heap; count active executions
@@ -347,6 +347,8 @@ class Shell:
                 self.heap.push(key, timer.timer_id, timer.due_at.timestamp())
 
     def _gauge(self) -> None:
+        """Set the active-execution and pending-timer gauges (after a batch, an expiry, a
+        recovery and each timer tick)."""
         self.metrics.active.set(len(self.active))
         self.metrics.timers.set(len(self.heap))
 
@@ -467,7 +469,7 @@ class Shell:
                 fired.append(timer_fired(state, timer))
         if fired:
             await self.send_events(fired)
-        self.metrics.timers.set(len(self.heap))
+        self._gauge()
         return len(fired)
 
 
