@@ -26,7 +26,7 @@ def run() -> None:
     settings = Settings()
     use_event_loop(settings.event_loop)
     scheduler = create_app(settings)
-    heap.configure(settings.gc_thresholds, scheduler.shell.metrics)
+    heap.configure(scheduler.collector, scheduler.shell.metrics)
     worker = faust.Worker(scheduler.app, loglevel=settings.log_level)
     # mode leaves the root logger at DEBUG (its handler filters), so every library debug
     # call built a LogRecord: ~5 % of the scheduler's CPU under load. Set the level where

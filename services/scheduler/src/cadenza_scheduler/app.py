@@ -558,6 +558,7 @@ class Scheduler:
     shell: Shell
     table: Any
     ready: asyncio.Event
+    collector: heap.Collector
 
 
 def create_app(settings: Settings) -> Scheduler:
@@ -618,6 +619,7 @@ def create_app(settings: Settings) -> Scheduler:
         persist=table.persist,
     )
     ready = asyncio.Event()
+    collector = heap.Collector(settings.gc_thresholds)
     inputs = app.topic(
         topics.executions_commands,
         key_type=bytes,
@@ -645,11 +647,12 @@ def create_app(settings: Settings) -> Scheduler:
             )
             for event in events:
                 await stream.ack(event)
+            collector.between_batches()  # the batch's objects are gone: a cheap pass
 
     _on_rebalance(app, table, shell, topics, ready)
     app.task(_timer_task(app, shell, table, metrics, topics, ready, settings.timer_tick_s))
     _add_views(app, shell, metrics, ready)
-    return Scheduler(app=app, shell=shell, table=table, ready=ready)
+    return Scheduler(app=app, shell=shell, table=table, ready=ready, collector=collector)
 
 
 def _on_rebalance(

@@ -68,8 +68,10 @@ class Metrics:
         self.flush_seconds = self.batch_seconds.labels("flush")
         self.gc_pause = Histogram(
             "cadenza_scheduler_gc_pause_seconds",
-            "Pauses of Python's garbage collector, by generation (see cadenza_scheduler.heap)",
-            ["generation"],
+            "Pauses of Python's garbage collector, by generation and by what started the pass: "
+            "between_batches (the agent, once a batch is flushed) or other (the collector's "
+            "own backstop trigger, recovery's full pass); see cadenza_scheduler.heap",
+            ["generation", "trigger"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )

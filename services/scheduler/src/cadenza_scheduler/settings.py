@@ -32,9 +32,12 @@ class Settings(BaseSettings):
     throughput did not change measurably, and latency at a fixed load was lower in most
     paired runs (bench/README.md, scheduler session 10).
 
-    `gc_thresholds` are the garbage collector's (`gc.set_threshold`). Python's default
-    (700, 10, 10) made the collector a tenth of the scheduler's CPU under load, with full
-    passes of 100-150 ms over every cached state; see `cadenza_scheduler.heap`.
+    `gc_thresholds` are the garbage collector's (`gc.set_threshold`), applied between
+    batches: the agent runs the pass that is due once a batch is flushed, and the
+    collector's own trigger only fires at ten times the young threshold. Python's default
+    (700, 10, 10), triggered anywhere, made the collector a tenth of the scheduler's CPU
+    under load, with full passes of 100-150 ms over every cached state; see
+    `cadenza_scheduler.heap`.
     """
 
     model_config = SettingsConfigDict(env_prefix="CADENZA_SCHEDULER_", extra="ignore")

@@ -19,7 +19,8 @@ async def test_three_step_workflow_runs_to_success(
     schedulers: Callable[[], SchedulerProcess], harness: Harness
 ) -> None:
     scheduler = schedulers()
-    scheduler.start()
+    # a young threshold any batch crosses: the agent collects between batches
+    scheduler.start(CADENZA_SCHEDULER_GC_THRESHOLDS="[50, 10, 10]")
     execution_id = await harness.request(workflow(call("a"), call("b", "a"), call("c", "b")))
 
     await scheduler.wait_ready()
@@ -33,6 +34,7 @@ async def test_three_step_workflow_runs_to_success(
     status, body = await scheduler.get("/metrics")
     assert status == 200
     assert b"cadenza_scheduler_transitions_total" in body
+    assert b'_gc_pause_seconds_count{generation="0",trigger="between_batches"}' in body
 
 
 async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
