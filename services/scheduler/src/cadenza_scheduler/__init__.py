@@ -105,9 +105,10 @@ fires, a TimerFired with that id reaches the agent, which deletes the key (a tom
 in the changelog). decide() never sees that timer id.
 
 Memory: the process keeps a parsed state for every cached execution. Python's garbage
-collector is tuned for that (`heap`): larger thresholds, and everything alive once the
-partitions are recovered is frozen out of its passes; pauses are in
-`cadenza_scheduler_gc_pause_seconds`.
+collector is tuned for that (`heap`): larger thresholds, its passes run by the agent
+between batches (when a batch's objects are gone) rather than in the middle of one,
+and everything alive once the partitions are recovered is frozen out of its passes;
+pauses are in `cadenza_scheduler_gc_pause_seconds`.
 
 Sub-workflows: the trigger-api attaches every referenced workflow's snapshot to the
 ExecutionRequested (`sub_workflows`, resolved recursively at execute time); decide() keeps
