@@ -338,6 +338,10 @@ class Bench:
                 sum(batches.get(k, 0.0) for k in ("apply", "flush")) / (window[1] - window[0]),
                 2,
             ),
+            # the garbage collector's passes a second and the share of the window they took
+            # (all generations): a profiler charges them to whatever allocated at the time
+            "gc_passes_per_s": round(batches.get("gc_passes", 0.0) / (window[1] - window[0]), 1),
+            "gc_busy": round(batches.get("gc", 0.0) / (window[1] - window[0]), 3),
             # a failed flush is retried after a back-off: it shows as latency, so count them
             "scheduler_errors": self.scheduler_errors() - errors_before,
             "machine_us": round(machine_us),
@@ -377,8 +381,9 @@ class Bench:
         return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
 
     def scheduler_batches(self) -> dict[str, float]:
-        """Totals of the scheduler's batch metrics so far: batches, records, and seconds
-        spent in each phase (empty when its /metrics cannot be read)."""
+        """Totals of the scheduler's metrics so far: batches, records, seconds spent in each
+        phase, emits, the collector's passes and their seconds (empty when its /metrics
+        cannot be read)."""
         if self.metrics_url is None:
             return {}
         try:
@@ -389,14 +394,10 @@ class Bench:
         totals: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "cadenza_scheduler_batch_records_count":
-                    totals["batches"] = sample.value
-                elif sample.name == "cadenza_scheduler_batch_records_sum":
-                    totals["records"] = sample.value
-                elif sample.name == "cadenza_scheduler_batch_seconds_sum":
+                if sample.name == "cadenza_scheduler_batch_seconds_sum":
                     totals[sample.labels["phase"]] = sample.value
-                elif sample.name == "cadenza_scheduler_transitions_total":
-                    totals["emits"] = totals.get("emits", 0.0) + sample.value
+                elif key := _SUMMED.get(sample.name):
+                    totals[key] = totals.get(key, 0.0) + sample.value  # over every label
         return totals
 
     def scheduler_errors(self) -> int:
@@ -405,6 +406,16 @@ class Bench:
             return 0
         with self.log.open("rb") as lines:
             return sum(b"ERROR" in line for line in lines)
+
+
+# the scheduler's metrics summed into `Bench.scheduler_batches`' totals (by total's name)
+_SUMMED = {
+    "cadenza_scheduler_batch_records_count": "batches",
+    "cadenza_scheduler_batch_records_sum": "records",
+    "cadenza_scheduler_transitions_total": "emits",
+    "cadenza_scheduler_gc_pause_seconds_sum": "gc",
+    "cadenza_scheduler_gc_pause_seconds_count": "gc_passes",
+}
 
 
 def _start_scheduler(kafka: KafkaSettings, workdir: Path, port: int) -> subprocess.Popen[bytes]:
