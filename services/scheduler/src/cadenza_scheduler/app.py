@@ -7,6 +7,7 @@ Wiring only: every decision is in `domain.decide()`, every record-level step in
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import (
@@ -52,6 +53,8 @@ class _App(faust.App):  # type: ignore[misc]
     Faust's consumer still updates `app.monitor` directly (end offsets, commits): plain
     bookkeeping on an object nobody reads.
     """
+
+    inbox: Inbox | None = None  # the input topic's records go here (see `Inbox`)
 
     def on_init_dependencies(self) -> Iterable[Any]:
         dependencies = super().on_init_dependencies()  # adds the Monitor to the sensors
@@ -411,7 +414,11 @@ async def _take(consumer: Any, tp: Any, message: Any) -> None:
     if commit_every is not None and consumer._n_acked >= commit_every:
         consumer._n_acked = 0
         await consumer.commit()
-    await _deliver(consumer, consumer.callback(message))
+    inbox = consumer.app.inbox
+    if inbox is not None and message.topic == inbox.topic:
+        await inbox.put(message)
+    else:
+        await _deliver(consumer, consumer.callback(message))
     consumer._read_offset[tp] = offset
 
 
@@ -452,102 +459,82 @@ class _Resumed:
                     return stop.value
 
 
-async def take_available(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
-    """Batches of the stream's events, each taken at most `within` seconds after its first
-    event arrived (or as soon as `max_` are there).
+class Inbox:
+    """The input topic's fetched records, handed from the consumer to the agent directly.
 
-    The caller acks each event (`stream.ack`) once it is done with it; nothing is acked
-    here. Events go on arriving while a batch is handled (the stream waits only while
-    `max_` are pending). Faust's `Stream.take_events` instead stops taking events while a
-    batch is handled and then waits `within` from that moment, even with a backlog: idle
-    time under load. Here a backlog is taken at once, and an idle agent waits at most
-    `within` after an event arrives for others to share its round trip to the broker (each
-    batch costs one, and its CPU, whatever its size). A batch also takes every event already
-    waiting in the stream's channel (`_take_queued`), not only those Faust's iterator handed
-    over one loop turn at a time while the previous batch was flushed.
+    Faust delivers a record through its conductor to a channel, wraps it in an event, and
+    hands it over from a stream iterator one loop turn at a time, with acks counted per
+    event: ~13 % of the saturated scheduler's main thread, for records the agent takes in
+    batches anyway (bench/README.md, scheduler session 18). Here `_take` puts the record
+    (Faust's `Message`) here, as the conductor would deliver it:
+
+    - it waits while the flow is suspended (a rebalance), as the conductor does, and drops
+      a record fetched in an older consumer generation (fetched again by its new owner);
+    - it tracks the record as unacked (`Consumer.track_message`), so a rebalance waits for
+      the batch holding it and its ack counts towards the commit (`Consumer.ack`);
+    - the inbox is one of the queues Faust's flow control clears (`manage_queue`): when a
+      rebalance starts and when the flow resumes, what it holds is dropped unacked and
+      fetched again from the committed offsets, as Faust drops what its channels hold.
+
+    `batches` gives the agent the records in order, up to `max_` at a time, and at most
+    `within` seconds after the first of them arrived. It holds at most `maxsize` records
+    (Faust's `stream_buffer_maxsize`, as its channels): a full inbox stops the drain loop,
+    so aiokafka stops fetching, and a backlog stays on the broker, not in memory.
     """
-    pending: list[Any] = []
-    first_at = 0.0
-    arrived = asyncio.Event()
-    full = asyncio.Event()
-    room = asyncio.Event()
-    room.set()
 
-    async def add(value: Any) -> Any:
-        nonlocal first_at
-        while len(pending) >= max_:
-            room.clear()
-            await stream.wait(room)
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("take_available found no current event")
-        if not pending:
-            first_at = time.monotonic()
-        pending.append(event)
-        arrived.set()
-        if len(pending) >= max_:
-            full.set()
-        return value
+    def __init__(self, app: faust.App, topic: str, maxsize: int) -> None:
+        self.app = app
+        self.topic = topic
+        self.maxsize = maxsize
+        self.messages: collections.deque[Any] = collections.deque()
+        self.arrived = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.first_at = 0.0
+        app.flow_control.manage_queue(self)  # type: ignore[arg-type]  # it only calls clear()
 
-    acks = stream.enable_acks
-    stream.enable_acks = False
-    stream.add_processor(add)
-    stream._enable_passive(aiter(stream.channel))
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(arrived)
-            wait = first_at + within - time.monotonic()
-            if wait > 0 and not full.is_set():
-                await stream.wait_for_stopped(full, timeout=wait)
-            batch = pending[:]
-            if len(batch) < max_:
-                batch.extend(_take_queued(stream, max_ - len(batch)))
-            pending.clear()
-            arrived.clear()
-            full.clear()
-            room.set()
+    async def put(self, message: Any) -> None:
+        app = self.app
+        while True:
+            await app.flow_control.acquire()
+            if len(self.messages) < self.maxsize:
+                break
+            self.room.clear()
+            await self.room.wait()
+        if message.generation_id != app.consumer_generation_id:
+            return
+        if not message.tracked:
+            message.tracked = True
+            app.consumer.track_message(message)
+        if not self.messages:
+            self.first_at = time.monotonic()
+        self.messages.append(message)
+        self.arrived.set()
+
+    def clear(self) -> None:
+        """Drop what is held (Faust's flow control calls this); the records stay unacked."""
+        self.messages.clear()
+        self.arrived.clear()
+        self.room.set()
+
+    def take(self, limit: int) -> list[Any]:
+        """Up to `limit` records, oldest first."""
+        messages = self.messages
+        taken = [messages.popleft() for _ in range(min(limit, len(messages)))]
+        if not messages:
+            self.arrived.clear()
+        self.room.set()
+        return taken
+
+    async def batches(self, max_: int, within: float) -> AsyncIterator[list[Any]]:
+        while True:
+            await self.arrived.wait()
+            wait = self.first_at + within - time.monotonic()
+            if wait > 0 and len(self.messages) < max_:
+                await asyncio.sleep(wait)
+            batch = self.take(max_)
             if batch:
                 yield batch
-    finally:
-        stream.enable_acks = acks
-        stream._processors.remove(add)
-
-
-def _take_queued(stream: Any, limit: int) -> list[Any]:
-    """Up to `limit` events already waiting in the stream's channel, taken at once.
-
-    Faust's stream iterator hands the agent one event a loop turn (an `await sleep(0)` each,
-    between all the loop's other work): at saturation ~550 of the 600 records in flight sat
-    in the channel while batches took 20-40 (bench/README.md, scheduler session 16). This
-    takes them as the iterator does (faust-streaming 0.15's `Stream._py_aiter` and its
-    Cython twin; check it on upgrades): events of an older consumer generation, or taken
-    while the flow is stopped for a rebalance, are dropped unacked (they are fetched again);
-    the others are tracked as unacked messages, so the agent's `stream.ack` commits them.
-
-    Only called while the iterator holds no event (the batch is not full: it suspends only
-    waiting for room), so the events keep their order. Errors thrown into the channel stay
-    there for the iterator to raise.
-    """
-    queue = stream.channel.queue
-    app = stream.app
-    unacked = app.consumer.unacked
-    acking = app.topics.acking_topics
-    taken: list[Any] = []
-    while len(taken) < limit and not queue._errors and queue.qsize():
-        event = queue.get_nowait()
-        message = event.message
-        if (
-            not app.flow_control.is_active()
-            or message.generation_id != app.consumer_generation_id
-        ):
-            continue
-        if message.topic in acking and not message.tracked:
-            message.tracked = True
-            unacked.add(message)
-            stream._on_message_in(message.tp, message.offset, message)
-        stream._on_stream_event_in(message.tp, message.offset, stream, event)
-        taken.append(event)
-    return taken
 
 
 @dataclass
@@ -628,25 +615,22 @@ def create_app(settings: Settings) -> Scheduler:
         key_serializer="raw",
     )
 
+    inbox = app.inbox = Inbox(app, topics.executions_commands, app.conf.stream_buffer_maxsize)
+
     @app.agent(inputs, concurrency=1)
     async def schedule(stream: Any) -> None:
+        # The agent subscribes the topic; its records reach the inbox, not this stream.
         # A batch is acked only once the shell handled it (see the package docstring).
-        async for events in take_available(stream, settings.batch_max, settings.batch_within_s):
+        consumer = app.consumer
+        async for messages in inbox.batches(settings.batch_max, settings.batch_within_s):
             await shell.on_records(
                 [
-                    Record(
-                        event.value,
-                        event.message.headers,
-                        event.key,
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                    )
-                    for event in events
+                    Record(m.value, m.headers, m.key, m.topic, m.partition, m.offset)
+                    for m in messages
                 ]
             )
-            for event in events:
-                await stream.ack(event)
+            for message in messages:
+                consumer.ack(message)
             collector.between_batches()  # the batch's objects are gone: a cheap pass
 
     _on_rebalance(app, table, shell, topics, ready)

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     `retention_s` is how long a finished execution stays in the table before it is deleted
     (tombstoned). The agent takes up to `batch_max` records at a time, at most
     `batch_within_s` after the first of them arrived (a backlog at once), and makes their
-    changes durable and sends their emits together (`app.take_available`). A changelog
+    changes durable and sends their emits together (`app.Inbox.batches`). A changelog
     write nothing waits for (the outbox cleared after a batch's sends) is held back up to
     `write_delay_s`, so the execution's next transition usually replaces it; a crash in
     that window only resends events consumers already have.
