@@ -61,6 +61,13 @@ class _App(faust.App):  # type: ignore[misc]
         self.sensors.remove(self.monitor)  # before the boot strategy iterates them
         return dependencies
 
+    def on_rebalance_start(self) -> None:
+        super().on_rebalance_start()
+        if not self._rebalancing_sensor_state:
+            # With no sensor, the sensors' state for the rebalance is empty, and Faust logs
+            # "Missing sensor state" as a warning when the rebalance returns and ends.
+            self._rebalancing_sensor_state = {None: None}
+
 
 class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
     """A Faust table whose changelog writes go out when the shell needs them durable.

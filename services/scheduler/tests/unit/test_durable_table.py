@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Sequence
@@ -102,6 +103,21 @@ async def test_fausts_monitor_sensor_is_neither_called_nor_started() -> None:
     assert list(app.sensors) == []
     app.sensors.on_table_set(scheduler.table, "k", b"v")  # what a table write calls
     assert app.monitor.tables == {}  # the Monitor kept no statistics
+
+
+async def test_a_rebalance_without_sensors_logs_no_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(Settings()).app
+    list(app.on_init_dependencies())
+
+    with caplog.at_level(logging.WARNING):
+        app.on_rebalance_start()
+        app.on_rebalance_return()
+        app.on_rebalance_end()
+
+    assert not [r for r in caplog.records if "sensor state" in r.getMessage()]
+    assert not app.rebalancing
 
 
 async def test_a_write_while_its_key_is_being_sent_is_sent_by_the_next_persist(
