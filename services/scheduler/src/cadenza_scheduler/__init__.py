@@ -44,10 +44,10 @@ Guarantees we rely on, and why they hold:
   for a rebalance, one of an older consumer generation is dropped, the others are
   tracked as unacked (a rebalance waits for the batch holding them; their acks commit),
   and Faust's flow control clears the inbox when a rebalance starts and when the flow
-  resumes, so no record of a revoked partition is handled after the revocation. Other
-  topics' deliveries (none in normal operation) still go to the conductor, one that need
-  not wait run at once, one that waits finished as Faust does, abandoned when the flow
-  stops.
+  resumes, so no record of a revoked partition is handled after the revocation. The
+  other records (the table's changelog while it recovers) still go to the conductor, a
+  delivery that need not wait run at once, one that waits finished as Faust does,
+  abandoned when the flow stops.
 - Faust's consumer service runs on the app's event loop, not in a thread of its own
   (`app._consumer_class`): fetches, commits and seeks are direct calls, rebalance
   callbacks are tasks on the same loop. aiokafka's heartbeats therefore share the loop

@@ -370,9 +370,11 @@ async def _drain_messages(consumer: Any, fetcher: Any) -> None:
     suspend_flow)`: four tasks and an `asyncio.wait` per record, and at least one
     event-loop turn each. The agent's loop shares those turns, so under load records
     reached it about a dozen per batch while a backlog of a second's worth waited here.
-    Here the callback is started directly; only when it has to wait (flow control
-    suspended for a rebalance, a full stream buffer) does the rest of it run the way
-    Faust's does, abandoned if the flow stops meanwhile. Everything else is Faust's loop.
+    Here (`_take`) the input topic's records go to the agent's `Inbox`, and the others
+    (the table's changelog while it recovers) to the conductor with its callback started
+    directly; only when that has to wait (flow control suspended for a rebalance, a full
+    buffer) does the rest of it run the way Faust's does, abandoned if the flow stops
+    meanwhile. Everything else is Faust's loop.
     """
     getmany = consumer.getmany
     consumer_should_stop = consumer._stopped.is_set
