@@ -587,15 +587,16 @@ def create_app(settings: Settings) -> Scheduler:
     )
     # this app's transport instance only (Faust has no setting for the fetch wait)
     app.transport.Consumer = _consumer_class(kafka.fetch_max_wait_ms)  # type: ignore[misc]
+    metrics = Metrics()
     app.direct_producer = Producer(  # type: ignore[attr-defined]
         # the client of the aiokafka producer Faust started (looked up when first sending)
         lambda: cast(Any, app.producer)._ensure_producer().client,
         max_batch_bytes=app.conf.producer_max_batch_size,
+        metrics=metrics,
     )
     table = app.Table("executions", key_type=str, value_type=bytes, partitions=kafka.partitions)
     assert isinstance(table, DurableTable)
     table.write_delay_s = settings.write_delay_s
-    metrics = Metrics()
 
     async def send(records: Sequence[Outgoing]) -> list[Awaitable[Any]]:
         return await send_records(app, records)

@@ -75,6 +75,20 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self.produce_requests = Counter(
+            "cadenza_scheduler_produce_requests_total",
+            "Produce requests the scheduler sent (each carries a batch of records for every "
+            "partition written at the time; see cadenza_scheduler.produce)",
+            registry=self.registry,
+        )
+        self.produce_errors = Counter(
+            "cadenza_scheduler_produce_errors_total",
+            "Partition batches the broker did not store, by Kafka error and outcome: retried "
+            "(retriable, within the delivery timeout) or failed (the batch's writer sees the "
+            "error; the shell retries its whole flush)",
+            ["error", "outcome"],
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "cadenza_scheduler_consumer_lag",
             "Records behind the end of each assigned input partition",

@@ -25,6 +25,7 @@ response) is not offered.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,9 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from cadenza_scheduler.agents import Outgoing
+from cadenza_scheduler.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 _MAGIC = 2  # the record batch format of Kafka >= 0.11
 _NO_PRODUCER = -1  # no producer id, epoch or sequence: not idempotent
@@ -137,6 +141,7 @@ class Producer:
         request_timeout_ms: int = 30_000,
         retry_backoff_s: float = 0.1,
         delivery_timeout_s: float = 120.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if acks == 0:
             raise ValueError("acks=0 is not offered: the shell waits for every write")
@@ -146,6 +151,7 @@ class Producer:
         self.request_timeout_ms = request_timeout_ms
         self.retry_backoff_s = retry_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
+        self.metrics = metrics or Metrics()
         # (topic, partition) -> its batches, oldest first; the last one takes new records
         self._pending: dict[tuple[str, int], list[_Batch]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -240,6 +246,7 @@ class Producer:
         request = _Request(None, self.acks, self.request_timeout_ms, list(topics.items()))
         retry: set[_Batch] = set()
         self.requests += 1
+        self.metrics.produce_requests.inc()
         try:
             response = await client.send(node, request)
         except kafka_errors.KafkaError as exc:
@@ -275,10 +282,23 @@ class Producer:
         return stale
 
     def _retry_or_fail(self, batch: _Batch, error: BaseException, retry: set[_Batch]) -> None:
+        name = type(error).__name__
         retriable = getattr(error, "retriable", False)
         if retriable and time.monotonic() - batch.created < self.delivery_timeout_s:
+            self.metrics.produce_errors.labels(name, "retried").inc()
+            log.warning(
+                "produce to %s[%d] failed (%s), retrying", batch.topic, batch.partition, name
+            )
             retry.add(batch)
         else:
+            self.metrics.produce_errors.labels(name, "failed").inc()
+            log.error(
+                "produce to %s[%d] failed: %r (%d records)",
+                batch.topic,
+                batch.partition,
+                error,
+                batch.count,
+            )
             batch.fail(error)
 
 

@@ -37,6 +37,14 @@ async def read(kafka: KafkaSettings, topic: str, count: int) -> dict[int, list[b
     return seen
 
 
+def errors(producer: Producer, error: str, outcome: str) -> float:
+    labels = {"error": error, "outcome": outcome}
+    value = producer.metrics.registry.get_sample_value(
+        "cadenza_scheduler_produce_errors_total", labels
+    )
+    return value or 0.0
+
+
 async def warm_up(producer: Producer, topics: list[str], partitions: int) -> None:
     """One empty record to each partition, so that every leader is known and ready (a
     partition just created may answer NOT_LEADER for a moment: retried)."""
@@ -106,6 +114,10 @@ async def test_a_partition_that_appears_within_the_delivery_timeout_gets_its_rec
 
     stored = await asyncio.wait_for(acks[0], timeout=30)
     assert stored.partition == 1
+    assert errors(producer, "LeaderNotAvailableError", "retried") >= 1
+    registry = producer.metrics.registry
+    sent = registry.get_sample_value("cadenza_scheduler_produce_requests_total")
+    assert sent == producer.requests >= 1
     assert await read(fresh_kafka, topic, 1) == {1: [b"late"]}
 
 
@@ -121,6 +133,7 @@ async def test_a_batch_fails_with_kafkas_error_when_the_broker_refuses_it(
     too_big = producer.send([Outgoing(topic, 0, None, b"x" * (2 * 1024 * 1024), [])])
     with pytest.raises(kafka_errors.MessageSizeTooLargeError):
         await asyncio.wait_for(too_big[0], timeout=30)
+    assert errors(producer, "MessageSizeTooLargeError", "failed") == 1
     after = producer.send([Outgoing(topic, 0, None, b"fine", [])])
     await asyncio.wait_for(after[0], timeout=30)
     assert await read(fresh_kafka, topic, 1) == {0: [b"fine"]}
@@ -136,6 +149,7 @@ async def test_an_unknown_partition_fails_after_the_delivery_timeout(
     acks = producer.send([Outgoing(topic, fresh_kafka.partitions + 5, None, b"v", [])])
     with pytest.raises(kafka_errors.LeaderNotAvailableError):
         await asyncio.wait_for(acks[0], timeout=30)
+    assert errors(producer, "LeaderNotAvailableError", "failed") == 1
 
 
 async def test_stopping_the_sending_task_fails_what_it_holds(

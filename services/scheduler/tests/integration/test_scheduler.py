@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 
@@ -35,6 +36,9 @@ async def test_three_step_workflow_runs_to_success(
     assert status == 200
     assert b"cadenza_scheduler_transitions_total" in body
     assert b'_gc_pause_seconds_count{generation="0",trigger="between_batches"}' in body
+    requests = re.search(rb"^cadenza_scheduler_produce_requests_total ([0-9.e+]+)$", body, re.M)
+    assert requests is not None
+    assert float(requests.group(1)) >= 1  # the states and emits went out in our own requests
 
 
 async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(
