@@ -53,6 +53,14 @@ Guarantees we rely on, and why they hold:
   callbacks are tasks on the same loop. aiokafka's heartbeats therefore share the loop
   with the agent; nothing holds it for long (a batch takes milliseconds, `Shell.recovered`
   yields every 1,000 keys), far inside the session timeout.
+- The changelog writes and the emits go out in produce requests the scheduler builds
+  itself (`produce.Producer`, on the client of the producer Faust started), not through
+  aiokafka's accumulator and sender (twice the main thread's time a batch). It keeps what
+  those gave us: one request a broker in flight, so a partition's batches are stored in
+  the order they were handed over, also across a retry; retriable errors retried (with a
+  metadata refresh) until a delivery timeout, any other error failing the batch's future,
+  so `persist` and the sends raise and the shell retries the whole flush. Not idempotent:
+  a retried request the broker had stored is stored twice, which at least once allows.
 - Concurrency 1 (faust #606: with concurrency > 1 offsets can be committed past an
   unfinished record). One agent instance handles all assigned partitions in order.
 - The table changes only when a new value is assigned (`table[key] = value`); we never
@@ -68,9 +76,9 @@ each batch:
   1. per record that changes something: `table[key] = {state: new, outbox: emits}` (the
      outbox accumulates when a batch holds several records of one execution);
   2. `persist` those keys and, at the same time,
-  3. send every emit, in order (the records of a partition go to the producer as one
-     batch, in their order: `app.send_records`); wait until the broker has both, one
-     round trip per batch;
+  3. send every emit, in order (the records of a partition go to the broker as one
+     batch, in their order, with the state writes: `app.send_records`); wait until the
+     broker has both, one round trip per batch;
   4. `table[key] = {state: new, outbox: []}`, held back up to `write_delay_s` (1 s) so the
      execution's next transition usually replaces it, then sent with the next batch's
      writes, or by the timer task once no batch has written for `write_delay_s`;
