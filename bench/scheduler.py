@@ -338,6 +338,12 @@ class Bench:
                 sum(batches.get(k, 0.0) for k in ("apply", "flush")) / (window[1] - window[0]),
                 2,
             ),
+            # its produce requests a second (state writes and emits together) and their mean
+            # round trip: the broker's share of a batch's flush
+            "produce_per_s": round(batches.get("produces", 0.0) / (window[1] - window[0])),
+            "produce_ms": round(
+                batches.get("produce", 0.0) / max(1.0, batches.get("produces", 0.0)) * 1000, 2
+            ),
             # the garbage collector's passes a second and the share of the window they took
             # (all generations): a profiler charges them to whatever allocated at the time
             "gc_passes_per_s": round(batches.get("gc_passes", 0.0) / (window[1] - window[0]), 1),
@@ -415,6 +421,8 @@ _SUMMED = {
     "cadenza_scheduler_transitions_total": "emits",
     "cadenza_scheduler_gc_pause_seconds_sum": "gc",
     "cadenza_scheduler_gc_pause_seconds_count": "gc_passes",
+    "cadenza_scheduler_produce_seconds_sum": "produce",
+    "cadenza_scheduler_produce_seconds_count": "produces",
 }
 
 

@@ -81,6 +81,13 @@ class Metrics:
             "partition written at the time; see cadenza_scheduler.produce)",
             registry=self.registry,
         )
+        self.produce_seconds = Histogram(
+            "cadenza_scheduler_produce_seconds",
+            "Round trip of a produce request: from handing it to the connection to the "
+            "broker's answer (acks=all)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
         self.produce_errors = Counter(
             "cadenza_scheduler_produce_errors_total",
             "Partition batches the broker did not store, by Kafka error and outcome: retried "

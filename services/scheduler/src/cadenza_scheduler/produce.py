@@ -247,6 +247,7 @@ class Producer:
         retry: set[_Batch] = set()
         self.requests += 1
         self.metrics.produce_requests.inc()
+        started = time.perf_counter()
         try:
             response = await client.send(node, request)
         except kafka_errors.KafkaError as exc:
@@ -255,6 +256,7 @@ class Producer:
             for batch in batches:
                 self._retry_or_fail(batch, exc, retry)
             return retry
+        self.metrics.produce_seconds.observe(time.perf_counter() - started)
         if self._settle(response, by_tp, retry):
             client.force_metadata_update()
         return retry

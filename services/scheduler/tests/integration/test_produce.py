@@ -118,6 +118,8 @@ async def test_a_partition_that_appears_within_the_delivery_timeout_gets_its_rec
     registry = producer.metrics.registry
     sent = registry.get_sample_value("cadenza_scheduler_produce_requests_total")
     assert sent == producer.requests >= 1
+    answered = registry.get_sample_value("cadenza_scheduler_produce_seconds_count")
+    assert answered == sent  # every request got its answer
     assert await read(fresh_kafka, topic, 1) == {1: [b"late"]}
 
 
