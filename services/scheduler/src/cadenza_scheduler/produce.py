@@ -285,22 +285,16 @@ class Producer:
 
     def _retry_or_fail(self, batch: _Batch, error: BaseException, retry: set[_Batch]) -> None:
         name = type(error).__name__
-        retriable = getattr(error, "retriable", False)
-        if retriable and time.monotonic() - batch.created < self.delivery_timeout_s:
+        fields = {"topic": batch.topic, "partition": batch.partition, "error": name}
+        if getattr(error, "retriable", False) and (
+            time.monotonic() - batch.created < self.delivery_timeout_s
+        ):
             self.metrics.produce_errors.labels(name, "retried").inc()
-            log.warning(
-                "produce to %s[%d] failed (%s), retrying", batch.topic, batch.partition, name
-            )
+            log.warning("produce failed, retrying", extra=fields)
             retry.add(batch)
         else:
             self.metrics.produce_errors.labels(name, "failed").inc()
-            log.error(
-                "produce to %s[%d] failed: %r (%d records)",
-                batch.topic,
-                batch.partition,
-                error,
-                batch.count,
-            )
+            log.error("produce failed: %r", error, extra={**fields, "records": batch.count})
             batch.fail(error)
 
 
