@@ -86,11 +86,9 @@ class _Batch:
 
 def _encode_produce(self: Any) -> bytes:
     """ProduceRequest v3-v8's body (they share one layout), without the generic encoder."""
-    transactional_id = self.transactional_id
+    tx_id = None if self.transactional_id is None else self.transactional_id.encode()
     parts = [
-        struct.pack(">h", -1)
-        if transactional_id is None
-        else struct.pack(">h", len(transactional_id)) + transactional_id.encode(),
+        struct.pack(">h", -1) if tx_id is None else struct.pack(">h", len(tx_id)) + tx_id,
         struct.pack(">hii", self.required_acks, self.timeout, len(self.topics)),
     ]
     for topic, partitions in self.topics:
@@ -100,6 +98,18 @@ def _encode_produce(self: Any) -> bytes:
             parts.append(struct.pack(">ii", partition, len(data)))
             parts.append(data)
     return b"".join(parts)
+
+
+def _no_leader(cluster: Any, batch: _Batch) -> Exception:
+    """Why `batch` has nowhere to go: its partition is unknown, or has no leader now."""
+    partitions = cluster.partitions_for_topic(batch.topic)
+    unknown = partitions is None or batch.partition not in partitions
+    error: type[Exception] = (
+        kafka_errors.UnknownTopicOrPartitionError
+        if unknown
+        else kafka_errors.LeaderNotAvailableError
+    )
+    return error(f"{batch.topic}[{batch.partition}]")
 
 
 _FAST_STRUCTS: dict[Any, type] = {}
@@ -175,7 +185,7 @@ class Producer:
                 queue.append(batch)
                 batch.append(record)
             acks.append(batch.future)
-        if self._task is None or self._task.done():
+        if acks and (self._task is None or self._task.done()):
             self._task = loop.create_task(self._run())
         return acks
 
@@ -201,6 +211,8 @@ class Producer:
                     await asyncio.sleep(self.retry_backoff_s)
         except BaseException as exc:
             # cancelled (shutdown) or a bug: nothing pending may wait forever
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("the producer's sending task failed")
             for queue in self._pending.values():
                 for batch in queue:
                     batch.fail(kafka_errors.KafkaError(f"producer stopped: {exc!r}"))
@@ -226,7 +238,7 @@ class Producer:
         for batch in batches:
             node = leader(batch)
             if node is None:
-                self._retry_or_fail(batch, kafka_errors.LeaderNotAvailableError(), retry)
+                self._retry_or_fail(batch, _no_leader(cluster, batch), retry)
             else:
                 by_node.setdefault(node, []).append(batch)
         outcomes = await asyncio.gather(

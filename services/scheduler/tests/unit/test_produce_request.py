@@ -14,7 +14,7 @@ TOPICS = [
 
 
 @pytest.mark.parametrize("version", range(3, 8))  # aiokafka offers up to v7
-@pytest.mark.parametrize("transactional_id", [None, "tx-1"])
+@pytest.mark.parametrize("transactional_id", [None, "tx-1", "tx-ü"])
 def test_versions_3_to_7_encode_as_aiokafka_does(
     version: int, transactional_id: str | None
 ) -> None:
