@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
+from aiokafka.conn import CloseReason
 
 from cadenza_common import events as ev
 from cadenza_common.kafka import consumer, ensure_topics
@@ -174,3 +176,27 @@ async def test_a_record_without_a_partition_is_refused() -> None:
         producer.send([Outgoing("t", None, None, b"v", [])])
     with pytest.raises(ValueError, match="acks=0"):
         Producer(lambda: None, acks=0)
+
+
+async def test_a_request_whose_connection_breaks_is_sent_again(
+    fresh_kafka: KafkaSettings, client: Any
+) -> None:
+    # The broker's answer never comes: the connection is closed with the request in flight.
+    # Retried on a new connection; at least once (the broker may have stored it already).
+    topic = ev.Topics(fresh_kafka.topic_prefix).steps_ready
+    await ensure_topics(fresh_kafka)
+    producer = Producer(lambda: client, retry_backoff_s=0.05)
+    await warm_up(producer, [topic], 1)
+    before = producer.requests
+
+    acks = producer.send([Outgoing(topic, 0, None, b"again", [])])
+    while producer.requests == before:  # until the request is written
+        await asyncio.sleep(0)
+    for connection in list(client._conns.values()):
+        connection.close(reason=CloseReason.CONNECTION_BROKEN)
+    stored = await asyncio.wait_for(acks[0], timeout=30)
+
+    assert stored.partition == 0
+    assert errors(producer, "KafkaConnectionError", "retried") == 1
+    assert producer.requests == before + 2
+    assert b"again" in (await read(fresh_kafka, topic, 2))[0]
