@@ -56,6 +56,7 @@ class _App(faust.App):  # type: ignore[misc]
     """
 
     inbox: Inbox | None = None  # the input topic's records go here (see `Inbox`)
+    direct_producer: Producer  # the changelog writes and emits go out here (`send_records`)
 
     def on_init_dependencies(self) -> Iterable[Any]:
         dependencies = super().on_init_dependencies()  # adds the Monitor to the sensors
@@ -189,19 +190,15 @@ async def send_records(app: AppT, records: Sequence[Outgoing]) -> list[Awaitable
     """
     faust_producer: Any = app.producer
     direct: Producer = app.direct_producer  # type: ignore[attr-defined]
-    acks: list[Awaitable[Any] | None] = []
-    keyed: list[Outgoing] = []
+    sent = iter(direct.send([r for r in records if r.partition is not None]))
+    acks: list[Awaitable[Any]] = []
     for record in records:
         if record.partition is None:
             args = (record.key, record.value, None, None, list(record.headers))
             acks.append(await faust_producer.send(record.topic, *args))
         else:
-            keyed.append(record)
-            acks.append(None)
-    if not keyed:
-        return [ack for ack in acks if ack is not None]
-    sent = iter(direct.send(keyed))
-    return [next(sent) if ack is None else ack for ack in acks]
+            acks.append(next(sent))
+    return acks
 
 
 class _Recovery(faust_recovery.Recovery):  # type: ignore[misc]
@@ -588,7 +585,7 @@ def create_app(settings: Settings) -> Scheduler:
     # this app's transport instance only (Faust has no setting for the fetch wait)
     app.transport.Consumer = _consumer_class(kafka.fetch_max_wait_ms)  # type: ignore[misc]
     metrics = Metrics()
-    app.direct_producer = Producer(  # type: ignore[attr-defined]
+    app.direct_producer = Producer(
         # the client of the aiokafka producer Faust started (looked up when first sending)
         lambda: cast(Any, app.producer)._ensure_producer().client,
         max_batch_bytes=app.conf.producer_max_batch_size,

@@ -60,9 +60,10 @@ class _Batch:
 
     def append(self, record: Outgoing) -> bool:
         """Add `record`; False when the batch is full (an empty batch takes any record)."""
-        headers = record.headers if isinstance(record.headers, list) else list(record.headers)
         if self.data is not None:
             return False
+        # aiokafka's C builder takes a list only
+        headers = record.headers if isinstance(record.headers, list) else list(record.headers)
         if self.builder.append(self.count, None, record.key, record.value, headers) is None:
             return False
         self.count += 1
@@ -224,19 +225,24 @@ class Producer:
         client = self._client()
         cluster = client.cluster
 
-        def leader(batch: _Batch) -> int | None:
-            node = cluster.leader_for_partition(TopicPartition(batch.topic, batch.partition))
-            return None if node is None or node == -1 else int(node)
+        def leaders() -> list[int | None]:
+            nodes = (
+                cluster.leader_for_partition(TopicPartition(batch.topic, batch.partition))
+                for batch in batches
+            )
+            return [None if node is None or node == -1 else int(node) for node in nodes]
 
-        if any(leader(batch) is None for batch in batches):
+        nodes = leaders()
+        if None in nodes:
             # a topic not seen yet (or a leader moved): one metadata refresh, then retries
-            for topic in {batch.topic for batch in batches if leader(batch) is None}:
-                client.add_topic(topic)
+            for batch, node in zip(batches, nodes, strict=True):
+                if node is None:
+                    client.add_topic(batch.topic)
             await client.force_metadata_update()
+            nodes = leaders()
         by_node: dict[int, list[_Batch]] = {}
         retry: set[_Batch] = set()
-        for batch in batches:
-            node = leader(batch)
+        for batch, node in zip(batches, nodes, strict=True):
             if node is None:
                 self._retry_or_fail(batch, _no_leader(cluster, batch), retry)
             else:
