@@ -35,7 +35,7 @@ from mode.utils.futures import maybe_async
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
-from cadenza_scheduler import heap
+from cadenza_scheduler import fetch, heap
 from cadenza_scheduler.agents import Outgoing, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.produce import Producer
@@ -584,6 +584,7 @@ def create_app(settings: Settings) -> Scheduler:
     )
     # this app's transport instance only (Faust has no setting for the fetch wait)
     app.transport.Consumer = _consumer_class(kafka.fetch_max_wait_ms)  # type: ignore[misc]
+    fetch.install()  # fetch requests encoded and their responses decoded directly
     metrics = Metrics()
     app.direct_producer = Producer(
         # the client of the aiokafka producer Faust started (looked up when first sending)
