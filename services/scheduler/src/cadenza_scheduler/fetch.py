@@ -21,24 +21,17 @@ from typing import Any
 import aiokafka.consumer.fetcher as aiokafka_fetcher
 from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v11
 
+from cadenza_scheduler import wire
+
 DIRECT_VERSION = 11
 
 _REQUEST_HEAD = struct.Struct(">iiiibii")  # replica, wait, min, max, isolation, session, epoch
 _REQUEST_PARTITION = struct.Struct(">iiqqi")  # partition, leader epoch, offset, log start, max
-_RESPONSE_HEAD = struct.Struct(">ihii")  # throttle time, error code, session id, topics
+_RESPONSE_HEAD = struct.Struct(">ihi")  # throttle time, error code, session id
 # partition, error, high water, last stable offset, log start, aborted transactions
 _PARTITION_HEAD = struct.Struct(">ihqqqi")
 _PARTITION_TAIL = struct.Struct(">ii")  # preferred read replica, the records' size
 _ABORTED = struct.Struct(">qq")  # producer id, first offset
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
-
-
-def _string(value: str | None) -> bytes:
-    if value is None:
-        return _INT16.pack(-1)
-    data = value.encode()
-    return _INT16.pack(len(data)) + data
 
 
 def _encode_fetch_v11(self: Any) -> bytes:
@@ -53,17 +46,17 @@ def _encode_fetch_v11(self: Any) -> bytes:
             self.session_id,
             self.session_epoch,
         ),
-        _INT32.pack(len(self.topics)),
+        wire.INT32.pack(len(self.topics)),
     ]
     for topic, partitions in self.topics:
-        parts.append(_string(topic))
-        parts.append(_INT32.pack(len(partitions)))
+        parts.append(wire.encode_string(topic))
+        parts.append(wire.INT32.pack(len(partitions)))
         parts.extend(_REQUEST_PARTITION.pack(*partition) for partition in partitions)
-    parts.append(_INT32.pack(len(self.forgotten_topics_data)))
+    parts.append(wire.INT32.pack(len(self.forgotten_topics_data)))
     for topic, forgotten in self.forgotten_topics_data:
-        parts.append(_string(topic))
+        parts.append(wire.encode_string(topic))
         parts.append(struct.pack(f">i{len(forgotten)}i", len(forgotten), *forgotten))
-    parts.append(_string(self.rack_id))
+    parts.append(wire.encode_string(self.rack_id))
     return b"".join(parts)
 
 
@@ -79,53 +72,35 @@ def _partition_v11(buf: bytes, at: int) -> tuple[tuple[Any, ...], int]:
     at += _PARTITION_TAIL.size
     records = None
     if size >= 0:
-        if at + size > len(buf):
-            raise ValueError("Buffer underrun decoding a fetch response's records")
-        records = buf[at : at + size]
+        records = wire.take(buf, at, size)
         at += size
     return (partition, error, high_water, lso, log_start, aborted, preferred, records), at
 
 
 def _topic_v11(buf: bytes, at: int) -> tuple[tuple[Any, ...], int]:
     """One topic of a FetchResponse v11 at `at` (its partitions), and where the next starts."""
-    (length,) = _INT16.unpack_from(buf, at)
-    at += 2
-    topic = None
-    if length >= 0:
-        topic = buf[at : at + length].decode()
-        at += length
-    (count,) = _INT32.unpack_from(buf, at)
-    at += 4
-    partitions = []
-    for _ in range(count):
-        partition, at = _partition_v11(buf, at)
-        partitions.append(partition)
+    topic, at = wire.read_string(buf, at)
+    partitions, at = wire.read_array(buf, at, _partition_v11)
     return (topic, partitions), at
 
 
-def _decode_fetch_v11(data: io.BytesIO) -> FetchResponse_v11:
-    """FetchResponse v11 from `data` (read from its position), as aiokafka decodes it."""
-    buf, at = data.getvalue(), data.tell()
-    try:
-        throttle, error, session, count = _RESPONSE_HEAD.unpack_from(buf, at)
-        at += _RESPONSE_HEAD.size
-        topics = []
-        for _ in range(count):
-            topic, at = _topic_v11(buf, at)
-            topics.append(topic)
-    except struct.error as exc:
-        raise ValueError(f"Buffer underrun decoding a fetch response: {exc}") from exc
-    data.seek(at)
-    return FetchResponse_v11(throttle, error, session, topics)
+def _response_v11(buf: bytes, at: int) -> tuple[FetchResponse_v11, int]:
+    throttle, error, session = _RESPONSE_HEAD.unpack_from(buf, at)
+    topics, at = wire.read_array(buf, at + _RESPONSE_HEAD.size, _topic_v11)
+    return FetchResponse_v11(throttle, error, session, topics), at
 
 
 class _DirectResponse:
-    """The response type of a directly encoded request: decodes as `_decode_fetch_v11`."""
+    """The response type of a directly encoded request: decodes FetchResponse v11 as
+    aiokafka does."""
 
-    decode = staticmethod(_decode_fetch_v11)
+    @staticmethod
+    def decode(data: io.BytesIO) -> FetchResponse_v11:
+        return wire.decode(data, _response_v11, "a fetch response")
 
 
-_DIRECT_STRUCTS: dict[Any, type] = {}
+def _direct_members(request_struct_class: type) -> dict[str, Any]:
+    return {"encode": _encode_fetch_v11, "RESPONSE_TYPE": _DirectResponse}
 
 
 class DirectFetchRequest(FetchRequest):  # type: ignore[misc]
@@ -134,15 +109,8 @@ class DirectFetchRequest(FetchRequest):  # type: ignore[misc]
 
     def build(self, request_struct_class: Any) -> Any:
         built = super().build(request_struct_class)
-        if request_struct_class.API_VERSION != DIRECT_VERSION:
-            return built
-        direct = _DIRECT_STRUCTS.get(request_struct_class)
-        if direct is None:
-            name = f"Direct{request_struct_class.__name__}"
-            members = {"encode": _encode_fetch_v11, "RESPONSE_TYPE": _DirectResponse}
-            direct = type(name, (request_struct_class,), members)
-            _DIRECT_STRUCTS[request_struct_class] = direct
-        built.__class__ = direct
+        if request_struct_class.API_VERSION == DIRECT_VERSION:
+            built.__class__ = wire.direct_class(request_struct_class, _direct_members)
         return built
 
 

@@ -39,6 +39,7 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import RecordMetadata, TopicPartition
 
+from cadenza_scheduler import wire
 from cadenza_scheduler.agents import Outgoing
 from cadenza_scheduler.metrics import Metrics
 
@@ -89,14 +90,12 @@ class _Batch:
 
 def _encode_produce(self: Any) -> bytes:
     """ProduceRequest v3-v8's body (they share one layout), without the generic encoder."""
-    tx_id = None if self.transactional_id is None else self.transactional_id.encode()
     parts = [
-        struct.pack(">h", -1) if tx_id is None else struct.pack(">h", len(tx_id)) + tx_id,
+        wire.encode_string(self.transactional_id),
         struct.pack(">hii", self.required_acks, self.timeout, len(self.topics)),
     ]
     for topic, partitions in self.topics:
-        name = topic.encode()
-        parts.append(struct.pack(">h", len(name)) + name + struct.pack(">i", len(partitions)))
+        parts.append(wire.encode_string(topic) + wire.INT32.pack(len(partitions)))
         for partition, data in partitions:
             parts.append(struct.pack(">ii", partition, len(data)))
             parts.append(data)
@@ -104,38 +103,29 @@ def _encode_produce(self: Any) -> bytes:
 
 
 _RESPONSE_PARTITION = struct.Struct(">ihqqq")  # partition, error, offset, timestamp, log start
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
+
+
+def _produce_partition(buf: bytes, at: int) -> tuple[tuple[Any, ...], int]:
+    return _RESPONSE_PARTITION.unpack_from(buf, at), at + _RESPONSE_PARTITION.size
 
 
 def _produce_topic(buf: bytes, at: int) -> tuple[tuple[Any, ...], int]:
     """One topic of a ProduceResponse v5-v7 at `at` (its partitions), and where the next starts."""
-    (length,) = _INT16.unpack_from(buf, at)
-    at += 2
-    topic = buf[at : at + length].decode() if length >= 0 else None
-    at += max(0, length)
-    (count,) = _INT32.unpack_from(buf, at)
-    at += 4
-    size = _RESPONSE_PARTITION.size
-    partitions = [_RESPONSE_PARTITION.unpack_from(buf, at + size * i) for i in range(count)]
-    return (topic, partitions), at + size * count
+    topic, at = wire.read_string(buf, at)
+    partitions, at = wire.read_array(buf, at, _produce_partition)
+    return (topic, partitions), at
+
+
+def _produce_response(response_class: Any, buf: bytes, at: int) -> tuple[Any, int]:
+    topics, at = wire.read_array(buf, at, _produce_topic)
+    (throttle,) = wire.INT32.unpack_from(buf, at)
+    return response_class(topics, throttle), at + wire.INT32.size
 
 
 def _decode_produce(response_class: Any, data: io.BytesIO) -> Any:
     """A ProduceResponse v5-v7 from `data` (read from its position), as aiokafka decodes it."""
-    buf, at = data.getvalue(), data.tell()
-    try:
-        (count,) = _INT32.unpack_from(buf, at)
-        at += 4
-        topics = []
-        for _ in range(count):
-            topic, at = _produce_topic(buf, at)
-            topics.append(topic)
-        (throttle,) = _INT32.unpack_from(buf, at)
-    except struct.error as exc:
-        raise ValueError(f"Buffer underrun decoding a produce response: {exc}") from exc
-    data.seek(at + 4)
-    return response_class(topics, throttle)
+    parse = functools.partial(_produce_response, response_class)
+    return wire.decode(data, parse, "a produce response")
 
 
 def _no_leader(cluster: Any, batch: _Batch) -> Exception:
@@ -150,34 +140,26 @@ def _no_leader(cluster: Any, batch: _Batch) -> Exception:
     return error(f"{batch.topic}[{batch.partition}]")
 
 
-_FAST_STRUCTS: dict[Any, type] = {}
-
-
-def _direct_struct(request_struct_class: Any) -> type:
-    """`request_struct_class` encoding directly, and decoding its response directly where
-    the layout is v5-v7's (aiokafka offers up to v7)."""
+def _direct_members(request_struct_class: Any) -> dict[str, Any]:
+    """Encoding directly, and decoding the response directly where its layout is v5-v7's
+    (aiokafka offers up to v7)."""
     members: dict[str, Any] = {"encode": _encode_produce}
     if 5 <= request_struct_class.API_VERSION <= 7:
         response = request_struct_class.RESPONSE_TYPE
         decode = staticmethod(functools.partial(_decode_produce, response))
         members["RESPONSE_TYPE"] = type(f"Direct{response.__name__}", (), {"decode": decode})
-    return type(f"Direct{request_struct_class.__name__}", (request_struct_class,), members)
+    return members
 
 
 class _Request(ProduceRequest):  # type: ignore[misc]
     """aiokafka's ProduceRequest (it picks the version the broker speaks), encoded directly
     for the versions whose layout `_encode_produce` writes, its response decoded directly
-    for v5-v7 (`_decode_produce`: 61 us against ~12 for a 22-partition answer)."""
+    for v5-v7 (`_decode_produce`: ~9 us against ~56 for a 22-partition answer)."""
 
     def build(self, request_struct_class: Any) -> Any:
         built = super().build(request_struct_class)
-        if not 3 <= request_struct_class.API_VERSION <= 8:
-            return built  # another layout: aiokafka's encoder
-        fast = _FAST_STRUCTS.get(request_struct_class)
-        if fast is None:
-            fast = _direct_struct(request_struct_class)
-            _FAST_STRUCTS[request_struct_class] = fast
-        built.__class__ = fast
+        if 3 <= request_struct_class.API_VERSION <= 8:  # else another layout: aiokafka's
+            built.__class__ = wire.direct_class(request_struct_class, _direct_members)
         return built
 
 
