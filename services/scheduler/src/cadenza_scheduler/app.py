@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import (
@@ -35,7 +36,7 @@ from mode.utils.futures import maybe_async
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cadenza_common.events import Topics
-from cadenza_scheduler import fetch, heap
+from cadenza_scheduler import fetch, heap, intake
 from cadenza_scheduler.agents import Outgoing, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.produce import Producer
@@ -56,6 +57,7 @@ class _App(faust.App):  # type: ignore[misc]
     """
 
     inbox: Inbox | None = None  # the input topic's records go here (see `Inbox`)
+    intake: intake.Intake | None = None  # fetches the input topic (see `cadenza_scheduler.intake`)
     direct_producer: Producer  # the changelog writes and emits go out here (`send_records`)
 
     def on_init_dependencies(self) -> Iterable[Any]:
@@ -314,41 +316,74 @@ def _consumer_class(fetch_max_wait_ms: int) -> type:
             consumer._fetch_max_wait_ms = fetch_max_wait_ms  # read when it starts
             return consumer
 
+        async def on_start(self) -> None:
+            await super().on_start()  # the aiokafka consumer started, not yet subscribed
+            _enable_intake(self.app, self._consumer)
+
     class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
         async def _drain_messages(self, fetcher: Any) -> None:
-            await _drain_messages(self, fetcher)
+            await _drain_with_intake(self, fetcher)
 
         async def _wait_next_records(self, timeout: float) -> Any:
-            """Faust's, asking aiokafka for the partitions active now, as a copy.
-
-            Faust hands aiokafka its live set of active partitions. When recovery pauses
-            the changelog partitions while that fetch waits, the set turns empty, and
-            aiokafka reads an empty set as "every partition": it returned the input
-            partitions' buffered records, moved their positions past them, and Faust
-            dropped them as inactive. A partition without a committed offset is not
-            seeked back afterwards, so those records were lost (a restart with answers
-            waiting on partitions never committed).
-            """
-            if not self.flow_active:
-                await self.wait(self.can_resume_flow)  # type: ignore[arg-type]
-            try:
-                self.not_waiting_next_records.set()
-                active = set(self._get_active_partitions())
-                if not active:
-                    await self.sleep(0.1)
-                    return {}, active
-                # the set is fixed for this call: partitions resumed meanwhile are fetched
-                # by the next one, so this one waits briefly (Faust's 1 s held every
-                # resumed partition back that long after each rebalance)
-                records = await self._getmany(active_partitions=active, timeout=0.1)
-                return records, active
-            finally:
-                self.not_waiting_next_records.set()
+            return await _next_records(self)
 
     return Consumer
+
+
+async def _next_records(self: Any) -> Any:
+    """Faust's `Consumer._wait_next_records`, asking aiokafka for the partitions active
+    now, as a copy.
+
+    Faust hands aiokafka its live set of active partitions. When recovery pauses
+    the changelog partitions while that fetch waits, the set turns empty, and
+    aiokafka reads an empty set as "every partition": it returned the input
+    partitions' buffered records, moved their positions past them, and Faust
+    dropped them as inactive. A partition without a committed offset is not
+    seeked back afterwards, so those records were lost (a restart with answers
+    waiting on partitions never committed).
+    """
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)
+    try:
+        self.not_waiting_next_records.set()
+        active = set(self._get_active_partitions())
+        if not active:
+            await self.sleep(0.1)
+            return {}, active
+        # the set is fixed for this call: partitions resumed meanwhile are fetched
+        # by the next one, so this one waits briefly (Faust's 1 s held every
+        # resumed partition back that long after each rebalance)
+        records = await self._getmany(active_partitions=active, timeout=0.1)
+        return records, active
+    finally:
+        self.not_waiting_next_records.set()
+
+
+def _enable_intake(app: Any, kafka_consumer: Any) -> None:
+    """Leave the input topic to the app's `Intake`, if it has one the consumer supports."""
+    app_intake = app.intake
+    if app_intake is not None and intake.supported(kafka_consumer):
+        intake.leave_to_intake(kafka_consumer, app_intake.topic)
+        app_intake.enabled = True
+
+
+async def _drain_with_intake(consumer: Any, fetcher: Any) -> None:
+    """Faust's drain loop (`_drain_messages`: the changelog while it recovers) with the
+    input topic's own fetch loop beside it, when the intake is enabled; both end together."""
+    app_intake = consumer.app.intake
+    if app_intake is None or not app_intake.enabled:
+        await _drain_messages(consumer, fetcher)
+        return
+    fetching = asyncio.ensure_future(app_intake.run(consumer, _take))
+    try:
+        await _drain_messages(consumer, fetcher)
+    finally:
+        fetching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetching
 
 
 async def _drain_messages(consumer: Any, fetcher: Any) -> None:
@@ -621,6 +656,7 @@ def create_app(settings: Settings) -> Scheduler:
     )
 
     inbox = app.inbox = Inbox(app, topics.executions_commands, app.conf.stream_buffer_maxsize)
+    app.intake = intake.Intake(topics.executions_commands, metrics)
 
     @app.agent(inputs, concurrency=1)
     async def schedule(stream: Any) -> None:

@@ -96,6 +96,18 @@ class Metrics:
             ["error", "outcome"],
             registry=self.registry,
         )
+        self.fetch_requests = Counter(
+            "cadenza_scheduler_fetch_requests_total",
+            "Fetch requests the scheduler's intake sent for its input topic (one a broker in "
+            "flight; see cadenza_scheduler.intake)",
+            registry=self.registry,
+        )
+        self.fetch_errors = Counter(
+            "cadenza_scheduler_fetch_errors_total",
+            "Failed fetch requests and partitions the broker answered with an error, by error",
+            ["error"],
+            registry=self.registry,
+        )
         self.lag = Gauge(
             "cadenza_scheduler_consumer_lag",
             "Records behind the end of each assigned input partition",

@@ -39,6 +39,9 @@ async def test_three_step_workflow_runs_to_success(
     requests = re.search(rb"^cadenza_scheduler_produce_requests_total ([0-9.e+]+)$", body, re.M)
     assert requests is not None
     assert float(requests.group(1)) >= 1  # the states and emits went out in our own requests
+    fetches = re.search(rb"^cadenza_scheduler_fetch_requests_total ([0-9.e+]+)$", body, re.M)
+    assert fetches is not None
+    assert float(fetches.group(1)) >= 1  # the input topic came through the intake
 
 
 async def test_malformed_records_go_to_the_dlq_and_the_partition_keeps_flowing(

@@ -1,0 +1,223 @@
+"""The intake's planning and response handling, on aiokafka's real subscription state and
+real record batches (the broker's side is the integration tests')."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.consumer.fetcher import READ_COMMITTED, READ_UNCOMMITTED, OffsetResetStrategy
+from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.errors import KafkaError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
+
+from cadenza_scheduler import intake
+from cadenza_scheduler.metrics import Metrics
+
+TOPIC = "in"
+CHANGELOG = "changelog"
+P0, P1, P2 = (TopicPartition(TOPIC, p) for p in range(3))
+C0 = TopicPartition(CHANGELOG, 0)
+NO_ERROR, NOT_LEADER, OUT_OF_RANGE = 0, 6, 1
+
+
+@dataclass
+class Cluster:
+    leaders: dict[TopicPartition, int | None]
+
+    def leader_for_partition(self, tp: TopicPartition) -> int | None:
+        return self.leaders.get(tp, 1)
+
+
+@dataclass
+class Client:
+    cluster: Cluster
+    metadata_updates: int = 0
+
+    def force_metadata_update(self) -> None:
+        self.metadata_updates += 1
+
+
+@dataclass
+class FetcherSettings:
+    """The settings the intake reads from aiokafka's fetcher."""
+
+    _check_crcs: bool = True
+    _isolation_level: int = READ_UNCOMMITTED
+    _default_reset_strategy: int = OffsetResetStrategy.EARLIEST
+
+
+@dataclass
+class Kafka:
+    """The parts of an aiokafka consumer the intake reads."""
+
+    _subscription: SubscriptionState
+    _client: Client
+    _fetcher: FetcherSettings = field(default_factory=FetcherSettings)
+
+
+@dataclass
+class FaustConsumer:
+    active: set[TopicPartition]
+
+    def _get_active_partitions(self) -> set[TopicPartition]:
+        return self.active
+
+
+@pytest.fixture
+async def kafka() -> Kafka:
+    subscription = SubscriptionState()  # needs the running loop
+    subscription.subscribe(topics={TOPIC, CHANGELOG})
+    subscription.assign_from_subscribed({P0, P1, P2, C0})
+    return Kafka(subscription, Client(Cluster({})))
+
+
+def batch(base_offset: int, count: int) -> bytes:
+    """A record batch as the broker returns it, its records at `base_offset` onwards."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for i in range(count):
+        builder.append(
+            i,
+            timestamp=1_700_000_000_000 + i,
+            key=b"k%d" % i,
+            value=b"v%d" % i,
+            headers=[("ce_type", b"t")],
+        )
+    raw = bytearray(builder.build())
+    raw[:8] = struct.pack(">q", base_offset)  # the broker's offset (outside the CRC)
+    return bytes(raw)
+
+
+def answer(partition: int, error: int, records: bytes | None) -> tuple[Any, ...]:
+    """One partition of a FetchResponse v11 as the codec returns it."""
+    return (partition, error, 100, 100, 0, None, -1, records)
+
+
+def state(kafka: Kafka, tp: TopicPartition) -> Any:
+    return kafka._subscription.subscription.assignment.state_value(tp)
+
+
+def received(kafka: Kafka, fetch: intake.Fetch, *partitions: tuple[Any, ...]) -> list[Any]:
+    assignment = kafka._subscription.subscription.assignment
+    return intake.Intake(TOPIC, Metrics())._received(
+        kafka, assignment, fetch, [(TOPIC, list(partitions))]
+    )
+
+
+async def test_plan_asks_each_leader_for_the_active_positioned_partitions(kafka: Kafka) -> None:
+    for tp, offset in ((P0, 5), (P1, 7), (C0, 0)):
+        kafka._subscription.seek(tp, offset)
+    kafka._client.cluster.leaders[P1] = 2
+    consumer = FaustConsumer({P0, P1, P2, C0})
+
+    fetches = intake.Intake(TOPIC, Metrics())._plan(kafka, consumer, generation=3)
+
+    # P2 has no position yet (aiokafka's fetcher resets it); the changelog is not ours
+    assert sorted(fetches) == [
+        intake.Fetch(1, {P0: 5}, 3),
+        intake.Fetch(2, {P1: 7}, 3),
+    ]
+
+
+async def test_plan_skips_paused_partitions_and_refreshes_unknown_leaders(kafka: Kafka) -> None:
+    for tp in (P0, P1, P2):
+        kafka._subscription.seek(tp, 0)
+    kafka._client.cluster.leaders[P2] = -1
+
+    fetches = intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P1, P2}), 1)
+
+    assert fetches == [intake.Fetch(1, {P1: 0}, 1)]
+    assert kafka._client.metadata_updates == 1
+
+
+async def test_plan_is_empty_without_an_active_assignment(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 0)
+    kafka._subscription.unsubscribe()
+
+    assert intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P0}), 1) == []
+
+
+async def test_records_become_faust_messages_and_the_position_moves_past_them(
+    kafka: Kafka,
+) -> None:
+    kafka._subscription.seek(P0, 12)
+    kafka._subscription.seek(P1, 4)
+    fetch = intake.Fetch(1, {P0: 12, P1: 4}, 7)
+
+    # P0's batch starts before the position asked for (10-13): 10 and 11 are skipped
+    messages = received(kafka, fetch, answer(0, NO_ERROR, batch(10, 4)), answer(1, NO_ERROR, b""))
+
+    assert [(m.tp, m.offset, m.key, m.value) for m in messages] == [
+        (P0, 12, b"k2", b"v2"),
+        (P0, 13, b"k3", b"v3"),
+    ]
+    first = messages[0]
+    assert (first.topic, first.partition, first.generation_id) == (TOPIC, 0, 7)
+    assert first.headers == (("ce_type", b"t"),)
+    assert first.timestamp == pytest.approx(1_700_000_000.002)
+    assert state(kafka, P0).position == 14
+    assert state(kafka, P0).highwater == 100
+    assert state(kafka, P1).position == 4  # nothing new
+
+
+async def test_a_partition_seeked_while_the_request_was_out_keeps_the_seek(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 3)
+    fetch = intake.Fetch(1, {P0: 3}, 1)
+    kafka._subscription.seek(P0, 0)  # a rebalance's seek to the committed offset
+
+    assert received(kafka, fetch, answer(0, NO_ERROR, batch(3, 2))) == []
+    assert state(kafka, P0).position == 0
+
+
+async def test_partition_errors_refresh_metadata_or_reset_the_offset(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 3)
+    kafka._subscription.seek(P1, 9)
+    fetch = intake.Fetch(1, {P0: 3, P1: 9}, 1)
+
+    messages = received(kafka, fetch, answer(0, NOT_LEADER, None), answer(1, OUT_OF_RANGE, None))
+
+    assert messages == []
+    assert kafka._client.metadata_updates == 1
+    assert state(kafka, P0).position == 3  # fetched again once the leader is known
+    assert not state(kafka, P1).has_valid_position  # aiokafka's fetcher resets it
+    assert state(kafka, P1).reset_strategy == OffsetResetStrategy.EARLIEST
+
+
+async def test_a_corrupt_batch_raises(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 0)
+    raw = bytearray(batch(0, 2))
+    raw[-1] ^= 0xFF
+
+    with pytest.raises(KafkaError, match="Invalid CRC"):
+        received(kafka, intake.Fetch(1, {P0: 0}, 1), answer(0, NO_ERROR, bytes(raw)))
+
+
+async def test_aiokafkas_fetcher_leaves_the_positioned_input_partitions_to_the_intake(
+    kafka: Kafka,
+) -> None:
+    kafka._subscription.seek(P0, 0)
+    kafka._subscription.seek(C0, 0)
+    assignment = kafka._subscription.subscription.assignment
+
+    without = intake._Without(assignment, TOPIC)
+
+    assert sorted(without.tps) == sorted([P1, P2, C0])  # P1 and P2 await a reset
+    assert without.state_value(P1) is assignment.state_value(P1)
+
+
+async def test_only_read_uncommitted_consumers_are_supported(kafka: Kafka) -> None:
+    assert intake.supported(kafka)
+    kafka._fetcher._isolation_level = READ_COMMITTED  # aborted transactions not filtered
+
+    assert not intake.supported(kafka)
