@@ -20,7 +20,10 @@ input topic itself, on the consumer's own client and in its positions:
 - errors are handled as aiokafka's fetcher handles them: a partition whose leader moved
   (or is unknown) refreshes the metadata, an offset out of range is reset by the
   consumer's reset strategy (aiokafka's fetcher does that), a failed request is retried
-  after the consumer's retry backoff.
+  after the consumer's retry backoff; a partition whose records cannot be read (a
+  corrupt batch) keeps its position and is fetched again, the others go on; a round that
+  raises is logged and retried: the loop never ends while the consumer runs. Errors are
+  counted in `cadenza_scheduler_fetch_errors_total`.
 
 aiokafka's fetcher still serves everything else (the changelog during recovery) and resets
 positions: `leave_to_intake` has it skip the input topic's partitions that have a valid
@@ -112,20 +115,30 @@ class Intake:
         """Fetch and hand over records until the consumer stops (`take(consumer, tp,
         message)` hands one over: `app._take`)."""
         kafka = consumer._thread._ensure_consumer()
-        app = consumer.app
         while not consumer._stopped.is_set():
-            if not consumer.flow_active:
-                await consumer.wait(consumer.can_resume_flow)
-                continue
-            fetches = self._plan(kafka, consumer, app.consumer_generation_id)
-            if not fetches:
-                await asyncio.sleep(IDLE_S)
-                continue
-            messages = await self._fetch_all(kafka, fetches)
-            for message in messages:
-                if not consumer.flow_active or app.consumer_generation_id != fetches[0].generation:
-                    break  # the rebalance seeks back to the committed offsets
-                await take(consumer, message.tp, message)
+            try:
+                await self._round(kafka, consumer, take)
+            except Exception as exc:
+                # never end quietly: the agent would wait for records forever
+                log.exception("fetching the input topic failed; retrying")
+                self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+                await asyncio.sleep(kafka._fetcher._retry_backoff)
+
+    async def _round(self, kafka: Any, consumer: Any, take: Any) -> None:
+        """One fetch a broker, its records handed over (or a wait when none is possible)."""
+        app = consumer.app
+        if not consumer.flow_active:
+            await consumer.wait(consumer.can_resume_flow)
+            return
+        fetches = self._plan(kafka, consumer, app.consumer_generation_id)
+        if not fetches:
+            await asyncio.sleep(IDLE_S)
+            return
+        messages = await self._fetch_all(kafka, fetches)
+        for message in messages:
+            if not consumer.flow_active or app.consumer_generation_id != fetches[0].generation:
+                break  # the rebalance seeks back to the committed offsets
+            await take(consumer, message.tp, message)
 
     def _plan(self, kafka: Any, consumer: Any, generation: int) -> list[Fetch]:
         """The requests to send now: Faust's active partitions of the topic, by leader."""
@@ -201,8 +214,20 @@ class Intake:
                     continue
                 state.highwater, state.timestamp = highwater, now_ms
                 state.lso = data[0] if len(data) > 1 else None  # v4 and later
-                messages.extend(self._records(kafka, state, tp, offset, data[-1], fetch))
+                messages.extend(self._records_or_none(kafka, state, tp, offset, data[-1], fetch))
         return messages
+
+    def _records_or_none(
+        self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any, fetch: Fetch
+    ) -> list[Any]:
+        """`_records`, or none when they cannot be read (a corrupt batch): the partition's
+        position stays, so they are fetched again; the other partitions go on."""
+        try:
+            return self._records(kafka, state, tp, offset, raw, fetch)
+        except Exception as exc:
+            log.exception("records of %s at %d not read; fetching them again", tp, offset)
+            self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+            return []
 
     def _records(
         self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any, fetch: Fetch

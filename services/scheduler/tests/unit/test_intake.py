@@ -3,14 +3,19 @@ real record batches (the broker's side is the integration tests')."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiokafka.consumer.fetcher import READ_COMMITTED, READ_UNCOMMITTED, OffsetResetStrategy
+from aiokafka.consumer.fetcher import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    Fetcher,
+    OffsetResetStrategy,
+)
 from aiokafka.consumer.subscription_state import SubscriptionState
-from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
@@ -36,6 +41,8 @@ class Cluster:
 class Client:
     cluster: Cluster
     metadata_updates: int = 0
+    _loop: Any = None  # what aiokafka's fetcher reads from its client
+    _metadata_max_age_ms: int = 300_000
 
     def force_metadata_update(self) -> None:
         self.metadata_updates += 1
@@ -46,6 +53,7 @@ class FetcherSettings:
     """The settings the intake reads from aiokafka's fetcher."""
 
     _check_crcs: bool = True
+    _retry_backoff: float = 0.001
     _isolation_level: int = READ_UNCOMMITTED
     _default_reset_strategy: int = OffsetResetStrategy.EARLIEST
 
@@ -194,13 +202,23 @@ async def test_partition_errors_refresh_metadata_or_reset_the_offset(kafka: Kafk
     assert state(kafka, P1).reset_strategy == OffsetResetStrategy.EARLIEST
 
 
-async def test_a_corrupt_batch_raises(kafka: Kafka) -> None:
+async def test_a_corrupt_batch_is_fetched_again_and_the_other_partitions_go_on(
+    kafka: Kafka, caplog: pytest.LogCaptureFixture
+) -> None:
     kafka._subscription.seek(P0, 0)
+    kafka._subscription.seek(P1, 0)
     raw = bytearray(batch(0, 2))
     raw[-1] ^= 0xFF
+    fetch = intake.Fetch(1, {P0: 0, P1: 0}, 1)
 
-    with pytest.raises(KafkaError, match="Invalid CRC"):
-        received(kafka, intake.Fetch(1, {P0: 0}, 1), answer(0, NO_ERROR, bytes(raw)))
+    messages = received(
+        kafka, fetch, answer(0, NO_ERROR, bytes(raw)), answer(1, NO_ERROR, batch(0, 1))
+    )
+
+    assert [(m.tp, m.offset) for m in messages] == [(P1, 0)]
+    assert state(kafka, P0).position == 0  # read again by the next fetch
+    assert state(kafka, P1).position == 1
+    assert "Invalid CRC" in caplog.text
 
 
 async def test_aiokafkas_fetcher_leaves_the_positioned_input_partitions_to_the_intake(
@@ -221,3 +239,62 @@ async def test_only_read_uncommitted_consumers_are_supported(kafka: Kafka) -> No
     kafka._fetcher._isolation_level = READ_COMMITTED  # aborted transactions not filtered
 
     assert not intake.supported(kafka)
+
+
+async def test_aiokafkas_fetcher_asks_only_for_the_rest_once_left_to_the_intake(
+    kafka: Kafka,
+) -> None:
+    for tp in (P0, P1, P2, C0):
+        kafka._subscription.seek(tp, 0)
+    assignment = kafka._subscription.subscription.assignment
+    fetcher = Fetcher(kafka._client, kafka._subscription)
+    fetcher._fetch_task.cancel()  # its own loop is not under test
+    consumer = type("Consumer", (), {"_fetcher": fetcher})()
+
+    intake.leave_to_intake(consumer, TOPIC)
+    requests, resets, *_ = fetcher._get_actions_per_node(assignment)
+
+    [(_, request)] = requests
+    assert [(topic, [p[0] for p in parts]) for topic, parts in request.topics] == [(CHANGELOG, [0])]
+    assert not resets
+    state(kafka, P2).await_reset(OffsetResetStrategy.EARLIEST)  # offset out of range
+    _, resets, *_ = fetcher._get_actions_per_node(assignment)
+    assert dict(resets) == {1: [P2]}  # aiokafka's fetcher still resets input partitions
+
+
+@dataclass
+class FailingOnce:
+    """A Faust consumer whose first look at its partitions fails; the second stops it."""
+
+    kafka: Kafka
+    flow_active: bool = True
+    looks: int = 0
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def _thread(self) -> Any:
+        return type("Thread", (), {"_ensure_consumer": lambda _: self.kafka})()
+
+    @property
+    def app(self) -> Any:
+        return type("App", (), {"consumer_generation_id": 1})()
+
+    def _get_active_partitions(self) -> set[TopicPartition]:
+        self.looks += 1
+        if self.looks == 1:
+            raise RuntimeError("boom")
+        self._stopped.set()
+        return set()
+
+
+async def test_a_failing_round_is_logged_and_the_loop_goes_on(
+    kafka: Kafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics()
+    consumer = FailingOnce(kafka)
+
+    await asyncio.wait_for(intake.Intake(TOPIC, metrics).run(consumer, take=None), 5)
+
+    assert consumer.looks == 2
+    assert "fetching the input topic failed" in caplog.text
+    assert metrics.fetch_errors.labels("RuntimeError")._value.get() == 1
