@@ -55,11 +55,13 @@ IDLE_S = 0.02  # how often to look again when no partition is fetchable (rebalan
 
 
 class Fetch(NamedTuple):
-    """One request to one broker: the partitions asked for, at which offsets."""
+    """One request to one broker: the partitions asked for, at which offsets, in which
+    assignment (aiokafka's) and consumer generation (Faust's)."""
 
     node_id: int
     offsets: dict[TopicPartition, int]
     generation: int
+    assignment: Any
 
 
 def supported(kafka_consumer: Any) -> bool:
@@ -160,7 +162,9 @@ class Intake:
                 kafka._client.force_metadata_update()
                 continue
             by_node[node_id][tp] = state.position
-        return [Fetch(node_id, offsets, generation) for node_id, offsets in by_node.items()]
+        return [
+            Fetch(node_id, offsets, generation, assignment) for node_id, offsets in by_node.items()
+        ]
 
     async def _fetch_all(self, kafka: Any, fetches: Sequence[Fetch]) -> list[Any]:
         """Send the requests (one a broker) and return their records, in order."""
@@ -190,15 +194,12 @@ class Intake:
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
             await asyncio.sleep(fetcher._retry_backoff)
             return []
-        subscription = kafka._subscription.subscription
-        assignment = None if subscription is None else subscription.assignment
-        if assignment is None or not assignment.active:
+        if not fetch.assignment.active:
             return []  # the assignment changed while the request was out
-        return self._received(kafka, assignment, fetch, response.topics)
+        return self._received(kafka, fetch, response.topics)
 
-    def _received(
-        self, kafka: Any, assignment: Any, fetch: Fetch, topics: Iterable[Any]
-    ) -> list[Any]:
+    def _received(self, kafka: Any, fetch: Fetch, topics: Iterable[Any]) -> list[Any]:
+        assignment = fetch.assignment
         messages: list[Any] = []
         now_ms = int(time.time() * 1000)
         for topic, partitions in topics:

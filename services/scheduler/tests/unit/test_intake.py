@@ -41,11 +41,19 @@ class Cluster:
 class Client:
     cluster: Cluster
     metadata_updates: int = 0
+    # what `send` answers, and what happens while the request is out
+    answer: Any = None
+    meanwhile: Any = None
     _loop: Any = None  # what aiokafka's fetcher reads from its client
     _metadata_max_age_ms: int = 300_000
 
     def force_metadata_update(self) -> None:
         self.metadata_updates += 1
+
+    async def send(self, node_id: int, request: Any) -> Any:
+        if self.meanwhile is not None:
+            self.meanwhile()
+        return self.answer
 
 
 @dataclass
@@ -53,6 +61,11 @@ class FetcherSettings:
     """The settings the intake reads from aiokafka's fetcher."""
 
     _check_crcs: bool = True
+    _max_partition_fetch_bytes: int = 1 << 20
+    _fetch_max_wait_ms: int = 100
+    _fetch_min_bytes: int = 1
+    _fetch_max_bytes: int = 50 << 20
+    _client_rack: str | None = None
     _retry_backoff: float = 0.001
     _isolation_level: int = READ_UNCOMMITTED
     _default_reset_strategy: int = OffsetResetStrategy.EARLIEST
@@ -116,11 +129,16 @@ def state(kafka: Kafka, tp: TopicPartition) -> Any:
     return kafka._subscription.subscription.assignment.state_value(tp)
 
 
-def received(kafka: Kafka, fetch: intake.Fetch, *partitions: tuple[Any, ...]) -> list[Any]:
+def request(
+    kafka: Kafka, offsets: dict[TopicPartition, int], generation: int = 1, node_id: int = 1
+) -> intake.Fetch:
+    """A request to `node_id` in `kafka`'s current assignment."""
     assignment = kafka._subscription.subscription.assignment
-    return intake.Intake(TOPIC, Metrics())._received(
-        kafka, assignment, fetch, [(TOPIC, list(partitions))]
-    )
+    return intake.Fetch(node_id, offsets, generation, assignment)
+
+
+def received(kafka: Kafka, fetch: intake.Fetch, *partitions: tuple[Any, ...]) -> list[Any]:
+    return intake.Intake(TOPIC, Metrics())._received(kafka, fetch, [(TOPIC, list(partitions))])
 
 
 async def test_plan_asks_each_leader_for_the_active_positioned_partitions(kafka: Kafka) -> None:
@@ -133,8 +151,8 @@ async def test_plan_asks_each_leader_for_the_active_positioned_partitions(kafka:
 
     # P2 has no position yet (aiokafka's fetcher resets it); the changelog is not ours
     assert sorted(fetches) == [
-        intake.Fetch(1, {P0: 5}, 3),
-        intake.Fetch(2, {P1: 7}, 3),
+        request(kafka, {P0: 5}, 3),
+        request(kafka, {P1: 7}, 3, node_id=2),
     ]
 
 
@@ -145,7 +163,7 @@ async def test_plan_skips_paused_partitions_and_refreshes_unknown_leaders(kafka:
 
     fetches = intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P1, P2}), 1)
 
-    assert fetches == [intake.Fetch(1, {P1: 0}, 1)]
+    assert fetches == [request(kafka, {P1: 0})]
     assert kafka._client.metadata_updates == 1
 
 
@@ -161,7 +179,7 @@ async def test_records_become_faust_messages_and_the_position_moves_past_them(
 ) -> None:
     kafka._subscription.seek(P0, 12)
     kafka._subscription.seek(P1, 4)
-    fetch = intake.Fetch(1, {P0: 12, P1: 4}, 7)
+    fetch = request(kafka, {P0: 12, P1: 4}, 7)
 
     # P0's batch starts before the position asked for (10-13): 10 and 11 are skipped
     messages = received(kafka, fetch, answer(0, NO_ERROR, batch(10, 4)), answer(1, NO_ERROR, b""))
@@ -181,7 +199,7 @@ async def test_records_become_faust_messages_and_the_position_moves_past_them(
 
 async def test_a_partition_seeked_while_the_request_was_out_keeps_the_seek(kafka: Kafka) -> None:
     kafka._subscription.seek(P0, 3)
-    fetch = intake.Fetch(1, {P0: 3}, 1)
+    fetch = request(kafka, {P0: 3})
     kafka._subscription.seek(P0, 0)  # a rebalance's seek to the committed offset
 
     assert received(kafka, fetch, answer(0, NO_ERROR, batch(3, 2))) == []
@@ -191,7 +209,7 @@ async def test_a_partition_seeked_while_the_request_was_out_keeps_the_seek(kafka
 async def test_partition_errors_refresh_metadata_or_reset_the_offset(kafka: Kafka) -> None:
     kafka._subscription.seek(P0, 3)
     kafka._subscription.seek(P1, 9)
-    fetch = intake.Fetch(1, {P0: 3, P1: 9}, 1)
+    fetch = request(kafka, {P0: 3, P1: 9})
 
     messages = received(kafka, fetch, answer(0, NOT_LEADER, None), answer(1, OUT_OF_RANGE, None))
 
@@ -209,7 +227,7 @@ async def test_a_corrupt_batch_is_fetched_again_and_the_other_partitions_go_on(
     kafka._subscription.seek(P1, 0)
     raw = bytearray(batch(0, 2))
     raw[-1] ^= 0xFF
-    fetch = intake.Fetch(1, {P0: 0, P1: 0}, 1)
+    fetch = request(kafka, {P0: 0, P1: 0})
 
     messages = received(
         kafka, fetch, answer(0, NO_ERROR, bytes(raw)), answer(1, NO_ERROR, batch(0, 1))
@@ -298,3 +316,22 @@ async def test_a_failing_round_is_logged_and_the_loop_goes_on(
     assert consumer.looks == 2
     assert "fetching the input topic failed" in caplog.text
     assert metrics.fetch_errors.labels("RuntimeError")._value.get() == 1
+
+
+async def test_an_answer_to_an_older_assignment_is_dropped(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 0)
+    out = request(kafka, {P0: 0})
+    answered = type("Response", (), {"topics": [(TOPIC, [answer(0, NO_ERROR, batch(0, 2))])]})
+    kafka._client.answer = answered
+
+    def reassign() -> None:  # a rebalance while the request was out: same partitions
+        kafka._subscription.assign_from_subscribed({P0, P1, P2, C0})
+        kafka._subscription.seek(P0, 0)
+
+    kafka._client.meanwhile = reassign
+    assert await intake.Intake(TOPIC, Metrics())._fetch(kafka, out) == []
+    assert state(kafka, P0).position == 0
+
+    kafka._client.meanwhile = None
+    now = request(kafka, {P0: 0})
+    assert [m.offset for m in await intake.Intake(TOPIC, Metrics())._fetch(kafka, now)] == [0, 1]
