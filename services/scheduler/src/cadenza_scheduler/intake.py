@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, cast
 
 from aiokafka import errors as kafka_errors
@@ -112,6 +113,7 @@ class Intake:
         self.topic = topic
         self.metrics = metrics
         self.enabled = False  # set once the consumer's fetcher leaves the topic to it
+        self.backoff = False  # a partition's records could not be read this round
 
     async def run(self, consumer: Any, take: Any) -> None:
         """Fetch and hand over records until the consumer stops (`take(consumer, tp,
@@ -141,6 +143,9 @@ class Intake:
             if not consumer.flow_active or app.consumer_generation_id != fetches[0].generation:
                 break  # the rebalance seeks back to the committed offsets
             await take(consumer, message.tp, message)
+        if self.backoff:  # a partition's records could not be read: not again at once
+            self.backoff = False
+            await asyncio.sleep(kafka._fetcher._retry_backoff)
 
     def _plan(self, kafka: Any, consumer: Any, generation: int) -> list[Fetch]:
         """The requests to send now: Faust's active partitions of the topic, by leader."""
@@ -166,14 +171,14 @@ class Intake:
             Fetch(node_id, offsets, generation, assignment) for node_id, offsets in by_node.items()
         ]
 
-    async def _fetch_all(self, kafka: Any, fetches: Sequence[Fetch]) -> list[Any]:
+    async def _fetch_all(self, kafka: Any, fetches: Sequence[Fetch]) -> Iterator[Any]:
         """Send the requests (one a broker) and return their records, in order."""
         if len(fetches) == 1:
             return await self._fetch(kafka, fetches[0])
         answers = await asyncio.gather(*(self._fetch(kafka, fetch) for fetch in fetches))
-        return [message for messages in answers for message in messages]
+        return itertools.chain.from_iterable(answers)
 
-    async def _fetch(self, kafka: Any, fetch: Fetch) -> list[Any]:
+    async def _fetch(self, kafka: Any, fetch: Fetch) -> Iterator[Any]:
         fetcher = kafka._fetcher
         by_topic: dict[str, list[tuple[int, int, int]]] = collections.defaultdict(list)
         for tp, offset in fetch.offsets.items():
@@ -193,14 +198,17 @@ class Intake:
             log.error("fetch from broker %s failed: %s", fetch.node_id, exc)
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
             await asyncio.sleep(fetcher._retry_backoff)
-            return []
+            return iter(())
         if not fetch.assignment.active:
-            return []  # the assignment changed while the request was out
+            return iter(())  # the assignment changed while the request was out
         return self._received(kafka, fetch, response.topics)
 
-    def _received(self, kafka: Any, fetch: Fetch, topics: Iterable[Any]) -> list[Any]:
+    def _received(self, kafka: Any, fetch: Fetch, topics: Iterable[Any]) -> Iterator[Any]:
+        """The answer's records as Faust's messages, made as they are handed over (one
+        record batch in memory at a time, as aiokafka's fetcher reads them); the
+        partitions' positions have moved past them when this returns."""
         assignment = fetch.assignment
-        messages: list[Any] = []
+        partitions_read: list[Iterator[Any]] = []
         now_ms = int(time.time() * 1000)
         for topic, partitions in topics:
             for partition, error_code, highwater, *data in partitions:
@@ -215,48 +223,48 @@ class Intake:
                     continue
                 state.highwater, state.timestamp = highwater, now_ms
                 state.lso = data[0] if len(data) > 1 else None  # v4 and later
-                messages.extend(self._records_or_none(kafka, state, tp, offset, data[-1], fetch))
-        return messages
+                batches = self._batches_or_none(kafka, state, tp, offset, data[-1])
+                if batches:
+                    partitions_read.append(_messages(tp, batches, offset, fetch.generation))
+        return itertools.chain.from_iterable(partitions_read)
 
-    def _records_or_none(
-        self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any, fetch: Fetch
+    def _batches_or_none(
+        self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any
     ) -> list[Any]:
-        """`_records`, or none when they cannot be read (a corrupt batch): the partition's
-        position stays, so they are fetched again; the other partitions go on."""
+        """`_batches`, or none when they cannot be read (a corrupt batch, no whole batch):
+        the partition's position stays, so they are fetched again after the retry
+        backoff; the other partitions go on."""
         try:
-            return self._records(kafka, state, tp, offset, raw, fetch)
+            return self._batches(kafka, state, tp, offset, raw)
         except Exception as exc:
             log.exception("records of %s at %d not read; fetching them again", tp, offset)
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+            self.backoff = True
             return []
 
-    def _records(
-        self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any, fetch: Fetch
-    ) -> list[Any]:
-        """The partition's records from `offset` on, as Faust's messages; moves the
-        partition's position past them."""
+    @staticmethod
+    def _batches(kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any) -> list[Any]:
+        """The partition's record batches (CRCs checked, control batches left out); moves
+        the partition's position past them."""
         if not raw:
             return []
         records = MemoryRecords(raw)
         check_crcs = kafka._fetcher._check_crcs
-        messages: list[Any] = []
+        batches: list[Any] = []
         next_offset = offset
         while records.has_next():
             batch = records.next_batch()
             if check_crcs and not batch.validate_crc():
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
             if not batch.is_control_batch:
-                messages.extend(
-                    _message(tp, record, fetch.generation)
-                    for record in batch
-                    if record.offset >= offset
-                )
+                batches.append(batch)
             next_offset = batch.next_offset
         if next_offset == offset and records.size_in_bytes() > 0:
-            log.error("a record of %s at %d is larger than the fetch size", tp, offset)
-            next_offset = offset + 1  # as aiokafka's fetcher: skipped, not fetched forever
+            # A broker answering fetch v3 or later never does this (KIP-74). Skipping the
+            # record, as aiokafka's fetcher does, would lose it: it stays, loudly.
+            raise kafka_errors.KafkaError(f"no whole record batch of {tp} at {offset}")
         state.consumed_to(next_offset)
-        return messages
+        return batches
 
     def _failed(self, kafka: Any, state: Any, tp: TopicPartition, error: type) -> None:
         """A partition the broker answered with an error (aiokafka's fetcher's handling)."""
@@ -277,6 +285,16 @@ class Intake:
         """The consumer's offset reset strategy (None: none, the error is only logged)."""
         strategy = kafka._fetcher._default_reset_strategy
         return None if strategy == OffsetResetStrategy.NONE else strategy
+
+
+def _messages(
+    tp: TopicPartition, batches: Iterable[Any], offset: int, generation: int
+) -> Iterator[Any]:
+    """The batches' records from `offset` on (a batch may start before it)."""
+    for batch in batches:
+        for record in batch:
+            if record.offset >= offset:
+                yield _message(tp, record, generation)
 
 
 def _message(tp: TopicPartition, record: Any, generation: int) -> Any:

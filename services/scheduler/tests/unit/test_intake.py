@@ -138,7 +138,8 @@ def request(
 
 
 def received(kafka: Kafka, fetch: intake.Fetch, *partitions: tuple[Any, ...]) -> list[Any]:
-    return intake.Intake(TOPIC, Metrics())._received(kafka, fetch, [(TOPIC, list(partitions))])
+    answer = [(TOPIC, list(partitions))]
+    return list(intake.Intake(TOPIC, Metrics())._received(kafka, fetch, answer))
 
 
 async def test_plan_asks_each_leader_for_the_active_positioned_partitions(kafka: Kafka) -> None:
@@ -329,9 +330,36 @@ async def test_an_answer_to_an_older_assignment_is_dropped(kafka: Kafka) -> None
         kafka._subscription.seek(P0, 0)
 
     kafka._client.meanwhile = reassign
-    assert await intake.Intake(TOPIC, Metrics())._fetch(kafka, out) == []
+    assert list(await intake.Intake(TOPIC, Metrics())._fetch(kafka, out)) == []
     assert state(kafka, P0).position == 0
 
     kafka._client.meanwhile = None
     now = request(kafka, {P0: 0})
-    assert [m.offset for m in await intake.Intake(TOPIC, Metrics())._fetch(kafka, now)] == [0, 1]
+    messages = await intake.Intake(TOPIC, Metrics())._fetch(kafka, now)
+    assert [m.offset for m in messages] == [0, 1]
+
+
+async def test_messages_are_made_as_they_are_handed_over_the_positions_moved_first(
+    kafka: Kafka,
+) -> None:
+    kafka._subscription.seek(P0, 0)
+    kafka._subscription.seek(P1, 0)
+    fetch = request(kafka, {P0: 0, P1: 0})
+    both = [(TOPIC, [answer(0, NO_ERROR, batch(0, 3)), answer(1, NO_ERROR, batch(0, 2))])]
+
+    messages = intake.Intake(TOPIC, Metrics())._received(kafka, fetch, both)
+
+    assert (state(kafka, P0).position, state(kafka, P1).position) == (3, 2)
+    assert next(messages).offset == 0  # one at a time, partition by partition
+    assert [(m.partition, m.offset) for m in messages] == [(0, 1), (0, 2), (1, 0), (1, 1)]
+
+
+async def test_an_answer_without_a_whole_batch_keeps_the_position(
+    kafka: Kafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    kafka._subscription.seek(P0, 5)
+    cut = batch(5, 3)[:40]  # a batch's header and no more (brokers since KIP-74 never send it)
+
+    assert received(kafka, request(kafka, {P0: 5}), answer(0, NO_ERROR, cut)) == []
+    assert state(kafka, P0).position == 5  # not skipped: fetched again, loudly
+    assert "no whole record batch" in caplog.text
