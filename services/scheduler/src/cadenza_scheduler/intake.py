@@ -9,8 +9,10 @@ The agent takes records in batches from its `Inbox` anyway, so `Intake` fetches 
 input topic itself, on the consumer's own client and in its positions:
 
 - it asks for the partitions Faust has active (resumed after recovery) whose position is
-  valid, at those positions, from each one's leader, one request a broker in flight; the
-  next request goes out as soon as the previous one's records are handed over;
+  valid, at those positions, from each one's leader, one request a broker in flight,
+  each broker served by a loop of its own (one with nothing new holds its fetch up to
+  the fetch wait, and must not hold back the others); the next request goes out as
+  soon as the previous one's records are handed over;
 - a partition's records are kept only if its position is still the one fetched from
   (a seek meanwhile wins, as in aiokafka), the position moves past them before they are
   handed over (as aiokafka's `getall` does), and they go through `app._take` (gaps,
@@ -38,7 +40,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, cast
 
 from aiokafka import errors as kafka_errors
@@ -113,46 +115,80 @@ class Intake:
         self.topic = topic
         self.metrics = metrics
         self.enabled = False  # set once the consumer's fetcher leaves the topic to it
-        self.backoff = False  # a partition's records could not be read this round
+        self.unreadable: set[int] = set()  # brokers whose last answer had unreadable records
 
     async def run(self, consumer: Any, take: Any) -> None:
         """Fetch and hand over records until the consumer stops (`take(consumer, tp,
-        message)` hands one over: `app._take`)."""
+        message)` hands one over: `app._take`).
+
+        Each broker that leads active partitions is served by a loop of its own
+        (`_serve`): a broker with nothing new holds its fetch up to the fetch wait, and
+        must not hold back what another one has."""
         kafka = consumer._thread._ensure_consumer()
+        loops: dict[int, asyncio.Task[None]] = {}
+        try:
+            while not consumer._stopped.is_set():
+                try:
+                    await self._supervise(kafka, consumer, take, loops)
+                except Exception as exc:
+                    log.exception("fetching the input topic failed; retrying")
+                    self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+                    await asyncio.sleep(kafka._fetcher._retry_backoff)
+        finally:
+            for loop in loops.values():
+                loop.cancel()
+            await asyncio.gather(*loops.values(), return_exceptions=True)
+
+    async def _supervise(
+        self, kafka: Any, consumer: Any, take: Any, loops: dict[int, asyncio.Task[None]]
+    ) -> None:
+        """Start a loop for each broker that leads active partitions and has none running;
+        then wait a little (or for the flow to resume)."""
+        if not consumer.flow_active:
+            await consumer.wait(consumer.can_resume_flow)
+            return
+        for node_id in self._plan(kafka, consumer, consumer.app.consumer_generation_id):
+            if node_id not in loops or loops[node_id].done():
+                loops[node_id] = asyncio.ensure_future(self._serve(kafka, consumer, take, node_id))
+        await asyncio.sleep(IDLE_S)
+
+    async def _serve(self, kafka: Any, consumer: Any, take: Any, node_id: int) -> None:
+        """Fetch from one broker until it leads none of the active partitions or the flow
+        stops (`run` starts it again when it does)."""
         while not consumer._stopped.is_set():
             try:
-                await self._round(kafka, consumer, take)
+                if not await self._round(kafka, consumer, take, node_id):
+                    return
             except Exception as exc:
                 # never end quietly: the agent would wait for records forever
                 log.exception("fetching the input topic failed; retrying")
                 self.metrics.fetch_errors.labels(type(exc).__name__).inc()
                 await asyncio.sleep(kafka._fetcher._retry_backoff)
 
-    async def _round(self, kafka: Any, consumer: Any, take: Any) -> None:
-        """One fetch a broker, its records handed over (or a wait when none is possible)."""
+    async def _round(self, kafka: Any, consumer: Any, take: Any, node_id: int) -> bool:
+        """One fetch from the broker, its records handed over; False when there is none
+        to send (the flow stopped, or the broker leads none of the active partitions)."""
         app = consumer.app
         if not consumer.flow_active:
-            await consumer.wait(consumer.can_resume_flow)
-            return
-        fetches = self._plan(kafka, consumer, app.consumer_generation_id)
-        if not fetches:
-            await asyncio.sleep(IDLE_S)
-            return
-        messages = await self._fetch_all(kafka, fetches)
-        for message in messages:
-            if not consumer.flow_active or app.consumer_generation_id != fetches[0].generation:
+            return False
+        fetch = self._plan(kafka, consumer, app.consumer_generation_id).get(node_id)
+        if fetch is None:
+            return False
+        for message in await self._fetch(kafka, fetch):
+            if not consumer.flow_active or app.consumer_generation_id != fetch.generation:
                 break  # the rebalance seeks back to the committed offsets
             await take(consumer, message.tp, message)
-        if self.backoff:  # a partition's records could not be read: not again at once
-            self.backoff = False
-            await asyncio.sleep(kafka._fetcher._retry_backoff)
+        if node_id in self.unreadable:  # a partition's records could not be read
+            self.unreadable.discard(node_id)
+            await asyncio.sleep(kafka._fetcher._retry_backoff)  # not again at once
+        return True
 
-    def _plan(self, kafka: Any, consumer: Any, generation: int) -> list[Fetch]:
-        """The requests to send now: Faust's active partitions of the topic, by leader."""
+    def _plan(self, kafka: Any, consumer: Any, generation: int) -> dict[int, Fetch]:
+        """The requests to send now, by broker: Faust's active partitions of the topic."""
         subscription = kafka._subscription.subscription
         assignment = None if subscription is None else subscription.assignment
         if assignment is None or not assignment.active:
-            return []
+            return {}
         active = consumer._get_active_partitions()
         cluster = kafka._client.cluster
         by_node: dict[int, dict[TopicPartition, int]] = collections.defaultdict(dict)
@@ -167,16 +203,10 @@ class Intake:
                 kafka._client.force_metadata_update()
                 continue
             by_node[node_id][tp] = state.position
-        return [
-            Fetch(node_id, offsets, generation, assignment) for node_id, offsets in by_node.items()
-        ]
-
-    async def _fetch_all(self, kafka: Any, fetches: Sequence[Fetch]) -> Iterator[Any]:
-        """Send the requests (one a broker) and return their records, in order."""
-        if len(fetches) == 1:
-            return await self._fetch(kafka, fetches[0])
-        answers = await asyncio.gather(*(self._fetch(kafka, fetch) for fetch in fetches))
-        return itertools.chain.from_iterable(answers)
+        return {
+            node_id: Fetch(node_id, offsets, generation, assignment)
+            for node_id, offsets in by_node.items()
+        }
 
     async def _fetch(self, kafka: Any, fetch: Fetch) -> Iterator[Any]:
         fetcher = kafka._fetcher
@@ -223,23 +253,24 @@ class Intake:
                     continue
                 state.highwater, state.timestamp = highwater, now_ms
                 state.lso = data[0] if len(data) > 1 else None  # v4 and later
-                batches = self._batches_or_none(kafka, state, tp, offset, data[-1])
+                batches = self._batches_or_none(kafka, state, fetch, tp, data[-1])
                 if batches:
                     partitions_read.append(_messages(tp, batches, offset, fetch.generation))
         return itertools.chain.from_iterable(partitions_read)
 
     def _batches_or_none(
-        self, kafka: Any, state: Any, tp: TopicPartition, offset: int, raw: Any
+        self, kafka: Any, state: Any, fetch: Fetch, tp: TopicPartition, raw: Any
     ) -> list[Any]:
         """`_batches`, or none when they cannot be read (a corrupt batch, no whole batch):
         the partition's position stays, so they are fetched again after the retry
         backoff; the other partitions go on."""
+        offset = fetch.offsets[tp]
         try:
             return self._batches(kafka, state, tp, offset, raw)
         except Exception as exc:
             log.exception("records of %s at %d not read; fetching them again", tp, offset)
             self.metrics.fetch_errors.labels(type(exc).__name__).inc()
-            self.backoff = True
+            self.unreadable.add(fetch.node_id)
             return []
 
     @staticmethod

@@ -50,7 +50,12 @@ class Client:
     def force_metadata_update(self) -> None:
         self.metadata_updates += 1
 
+    quiet: set[int] = field(default_factory=set)  # brokers that never answer
+
     async def send(self, node_id: int, request: Any) -> Any:
+        await asyncio.sleep(0)
+        if node_id in self.quiet:
+            await asyncio.Event().wait()
         if self.meanwhile is not None:
             self.meanwhile()
         return self.answer
@@ -151,10 +156,7 @@ async def test_plan_asks_each_leader_for_the_active_positioned_partitions(kafka:
     fetches = intake.Intake(TOPIC, Metrics())._plan(kafka, consumer, generation=3)
 
     # P2 has no position yet (aiokafka's fetcher resets it); the changelog is not ours
-    assert sorted(fetches) == [
-        request(kafka, {P0: 5}, 3),
-        request(kafka, {P1: 7}, 3, node_id=2),
-    ]
+    assert fetches == {1: request(kafka, {P0: 5}, 3), 2: request(kafka, {P1: 7}, 3, node_id=2)}
 
 
 async def test_plan_skips_paused_partitions_and_refreshes_unknown_leaders(kafka: Kafka) -> None:
@@ -164,7 +166,7 @@ async def test_plan_skips_paused_partitions_and_refreshes_unknown_leaders(kafka:
 
     fetches = intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P1, P2}), 1)
 
-    assert fetches == [request(kafka, {P1: 0})]
+    assert fetches == {1: request(kafka, {P1: 0})}
     assert kafka._client.metadata_updates == 1
 
 
@@ -172,7 +174,7 @@ async def test_plan_is_empty_without_an_active_assignment(kafka: Kafka) -> None:
     kafka._subscription.seek(P0, 0)
     kafka._subscription.unsubscribe()
 
-    assert intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P0}), 1) == []
+    assert intake.Intake(TOPIC, Metrics())._plan(kafka, FaustConsumer({P0}), 1) == {}
 
 
 async def test_records_become_faust_messages_and_the_position_moves_past_them(
@@ -282,10 +284,13 @@ async def test_aiokafkas_fetcher_asks_only_for_the_rest_once_left_to_the_intake(
 
 
 @dataclass
-class FailingOnce:
-    """A Faust consumer whose first look at its partitions fails; the second stops it."""
+class Running:
+    """A running Faust consumer: its active partitions, flow and generation; it stops
+    when `stop()` is called. `fail_first` makes its first look at its partitions raise."""
 
     kafka: Kafka
+    active: set[TopicPartition] = field(default_factory=set)
+    fail_first: bool = False
     flow_active: bool = True
     looks: int = 0
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -300,17 +305,21 @@ class FailingOnce:
 
     def _get_active_partitions(self) -> set[TopicPartition]:
         self.looks += 1
-        if self.looks == 1:
+        if self.fail_first and self.looks == 1:
             raise RuntimeError("boom")
+        if self.fail_first:
+            self._stopped.set()
+        return self.active
+
+    def stop(self) -> None:
         self._stopped.set()
-        return set()
 
 
 async def test_a_failing_round_is_logged_and_the_loop_goes_on(
     kafka: Kafka, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics = Metrics()
-    consumer = FailingOnce(kafka)
+    consumer = Running(kafka, fail_first=True)
 
     await asyncio.wait_for(intake.Intake(TOPIC, metrics).run(consumer, take=None), 5)
 
@@ -363,3 +372,35 @@ async def test_an_answer_without_a_whole_batch_keeps_the_position(
     assert received(kafka, request(kafka, {P0: 5}), answer(0, NO_ERROR, cut)) == []
     assert state(kafka, P0).position == 5  # not skipped: fetched again, loudly
     assert "no whole record batch" in caplog.text
+
+
+async def test_a_round_failing_in_a_brokers_loop_is_logged_and_the_loop_goes_on(
+    kafka: Kafka, caplog: pytest.LogCaptureFixture
+) -> None:
+    consumer = Running(kafka, fail_first=True)
+
+    await asyncio.wait_for(intake.Intake(TOPIC, Metrics())._serve(kafka, consumer, None, 1), 5)
+
+    assert consumer.looks == 2  # the failed round, then one that found nothing to fetch
+    assert "fetching the input topic failed" in caplog.text
+
+
+async def test_a_quiet_broker_does_not_hold_back_another(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 0)
+    kafka._subscription.seek(P1, 0)
+    kafka._client.cluster.leaders[P1] = 2
+    kafka._client.quiet = {2}  # holds its fetch: nothing new there
+    data = [(TOPIC, [answer(0, NO_ERROR, batch(0, 2))])]
+    kafka._client.answer = type("Response", (), {"topics": data})
+    consumer = Running(kafka, active={P0, P1})
+    taken: list[tuple[TopicPartition, int]] = []
+
+    async def take(_: Any, tp: TopicPartition, message: Any) -> None:
+        taken.append((tp, message.offset))
+        if len(taken) == 2:
+            consumer.stop()
+
+    await asyncio.wait_for(intake.Intake(TOPIC, Metrics()).run(consumer, take), 5)
+
+    assert taken == [(P0, 0), (P0, 1)]
+    assert state(kafka, P1).position == 0
