@@ -116,6 +116,9 @@ class Intake:
         self.metrics = metrics
         self.enabled = False  # set once the consumer's fetcher leaves the topic to it
         self.unreadable: set[int] = set()  # brokers whose last answer had unreadable records
+        # partitions a broker's loop is fetching or handing over: no other loop takes them
+        # (a leader that moved meanwhile), so a partition's records reach the inbox in order
+        self.taking: set[TopicPartition] = set()
 
     async def run(self, consumer: Any, take: Any) -> None:
         """Fetch and hand over records until the consumer stops (`take(consumer, tp,
@@ -174,10 +177,14 @@ class Intake:
         fetch = self._plan(kafka, consumer, app.consumer_generation_id).get(node_id)
         if fetch is None:
             return False
-        for message in await self._fetch(kafka, fetch):
-            if not consumer.flow_active or app.consumer_generation_id != fetch.generation:
-                break  # the rebalance seeks back to the committed offsets
-            await take(consumer, message.tp, message)
+        self.taking.update(fetch.offsets)
+        try:
+            for message in await self._fetch(kafka, fetch):
+                if not consumer.flow_active or app.consumer_generation_id != fetch.generation:
+                    break  # the rebalance seeks back to the committed offsets
+                await take(consumer, message.tp, message)
+        finally:
+            self.taking.difference_update(fetch.offsets)
         if node_id in self.unreadable:  # a partition's records could not be read
             self.unreadable.discard(node_id)
             await asyncio.sleep(kafka._fetcher._retry_backoff)  # not again at once
@@ -193,7 +200,7 @@ class Intake:
         cluster = kafka._client.cluster
         by_node: dict[int, dict[TopicPartition, int]] = collections.defaultdict(dict)
         for tp in assignment.tps:
-            if tp.topic != self.topic or tp not in active:
+            if tp.topic != self.topic or tp not in active or tp in self.taking:
                 continue
             state = assignment.state_value(tp)
             if not state.has_valid_position:

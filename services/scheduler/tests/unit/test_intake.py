@@ -404,3 +404,14 @@ async def test_a_quiet_broker_does_not_hold_back_another(kafka: Kafka) -> None:
 
     assert taken == [(P0, 0), (P0, 1)]
     assert state(kafka, P1).position == 0
+
+
+async def test_a_partition_being_handed_over_is_left_to_its_loop(kafka: Kafka) -> None:
+    kafka._subscription.seek(P0, 0)
+    kafka._subscription.seek(P1, 0)
+    fetching = intake.Intake(TOPIC, Metrics())
+    fetching.taking.add(P0)  # a loop still hands over P0's records (its leader moved since)
+
+    fetches = fetching._plan(kafka, FaustConsumer({P0, P1}), 1)
+
+    assert fetches == {1: request(kafka, {P1: 0})}
