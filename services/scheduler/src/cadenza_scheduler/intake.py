@@ -12,7 +12,9 @@ input topic itself, on the consumer's own client and in its positions:
   valid, at those positions, from each one's leader, one request a broker in flight,
   each broker served by a loop of its own (one with nothing new holds its fetch up to
   the fetch wait, and must not hold back the others); the next request goes out as
-  soon as the previous one's records are handed over;
+  soon as the previous one's records are handed over; a partition is fetched by one
+  loop at a time until its records are handed over (a leader that moved meanwhile
+  cannot interleave them);
 - a partition's records are kept only if its position is still the one fetched from
   (a seek meanwhile wins, as in aiokafka), the position moves past them before they are
   handed over (as aiokafka's `getall` does), and they go through `app._take` (gaps,
