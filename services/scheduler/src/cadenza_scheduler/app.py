@@ -278,7 +278,10 @@ def _consumer_class(fetch_max_wait_ms: int) -> type:
     aiokafka keeps one fetch in flight per broker, for the partitions with nothing buffered
     when it was sent: records arriving on another partition wait until that fetch returns,
     up to `fetch_max_wait_ms` (see `KafkaSettings`). With Faust's 1500 ms the benchmark's
-    agent sat idle 70 % of the time while answers waited 1.7 s (p50) to be fetched.
+    agent sat idle 70 % of the time while answers waited 1.7 s (p50) to be fetched. The
+    input topic is now fetched by `intake.Intake` (started on the consumer here, beside
+    Faust's drain loop), whose long poll waits as long; aiokafka's fetcher keeps the
+    changelog.
 
     Faust runs aiokafka's consumer in a thread with a loop of its own, and hands every
     fetch, commit and seek to it through a method queue (rebalance callbacks come back
