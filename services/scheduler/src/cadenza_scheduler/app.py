@@ -381,12 +381,20 @@ async def _drain_with_intake(consumer: Any, fetcher: Any) -> None:
         await _drain_messages(consumer, fetcher)
         return
     fetching = asyncio.ensure_future(app_intake.run(consumer, _take))
+    fetching.add_done_callback(_intake_ended)
     try:
         await _drain_messages(consumer, fetcher)
     finally:
         fetching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await fetching
+
+
+def _intake_ended(fetching: asyncio.Future[None]) -> None:
+    """Log the intake's end when it failed: its rounds retry their errors, so this is a
+    defect, and the input topic is no longer read."""
+    if not fetching.cancelled() and fetching.exception() is not None:
+        log.critical("the input topic's fetch loop failed", exc_info=fetching.exception())
 
 
 async def _drain_messages(consumer: Any, fetcher: Any) -> None:

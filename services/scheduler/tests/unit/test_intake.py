@@ -415,3 +415,22 @@ async def test_a_partition_being_handed_over_is_left_to_its_loop(kafka: Kafka) -
     fetches = fetching._plan(kafka, FaustConsumer({P0, P1}), 1)
 
     assert fetches == {1: request(kafka, {P1: 0})}
+
+
+async def test_a_failed_intake_is_logged_as_critical(caplog: pytest.LogCaptureFixture) -> None:
+    from cadenza_scheduler import app
+
+    async def fail() -> None:
+        raise RuntimeError("defect")
+
+    failed = asyncio.ensure_future(fail())
+    await asyncio.wait([failed])
+    cancelled = asyncio.ensure_future(asyncio.sleep(1))
+    cancelled.cancel()
+    await asyncio.wait([cancelled])
+
+    app._intake_ended(failed)
+    app._intake_ended(cancelled)  # a stop: nothing to say
+
+    assert [r.levelname for r in caplog.records] == ["CRITICAL"]
+    assert "fetch loop failed" in caplog.text
