@@ -8,10 +8,11 @@ import io
 import aiokafka.consumer.fetcher as aiokafka_fetcher
 import pytest
 from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v11
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from cadenza_scheduler import fetch
 from cadenza_scheduler.fetch import DirectFetchRequest
+
+from .records import record_batch
 
 V11 = {FetchRequest.API_KEY: (11, 11)}
 TOPICS = [
@@ -21,20 +22,7 @@ TOPICS = [
 
 
 def _records() -> bytes:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for offset in range(3):
-        builder.append(
-            offset, timestamp=None, key=b"k", value=b"v" * 300, headers=[("ce_type", b"x")]
-        )
-    return bytes(builder.build())
+    return record_batch([(None, b"k", b"v" * 300, [("ce_type", b"x")])] * 3)
 
 
 @pytest.mark.parametrize("topics", [TOPICS, TOPICS[:1], []])

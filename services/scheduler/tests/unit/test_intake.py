@@ -4,7 +4,6 @@ real record batches (the broker's side is the integration tests')."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +15,12 @@ from aiokafka.consumer.fetcher import (
     OffsetResetStrategy,
 )
 from aiokafka.consumer.subscription_state import SubscriptionState
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
 from cadenza_scheduler import intake
 from cadenza_scheduler.metrics import Metrics
+
+from .records import record_batch
 
 TOPIC = "in"
 CHANGELOG = "changelog"
@@ -103,26 +103,10 @@ async def kafka() -> Kafka:
 
 def batch(base_offset: int, count: int) -> bytes:
     """A record batch as the broker returns it, its records at `base_offset` onwards."""
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for i in range(count):
-        builder.append(
-            i,
-            timestamp=1_700_000_000_000 + i,
-            key=b"k%d" % i,
-            value=b"v%d" % i,
-            headers=[("ce_type", b"t")],
-        )
-    raw = bytearray(builder.build())
-    raw[:8] = struct.pack(">q", base_offset)  # the broker's offset (outside the CRC)
-    return bytes(raw)
+    records = [
+        (1_700_000_000_000 + i, b"k%d" % i, b"v%d" % i, [("ce_type", b"t")]) for i in range(count)
+    ]
+    return record_batch(records, base_offset)
 
 
 def answer(partition: int, error: int, records: bytes | None) -> tuple[Any, ...]:
