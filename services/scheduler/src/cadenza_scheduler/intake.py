@@ -253,8 +253,10 @@ class Intake:
             for partition, error_code, highwater, *data in partitions:
                 tp = TopicPartition(topic, partition)
                 offset = fetch.offsets.get(tp)
+                if offset is None:
+                    continue  # not asked for
                 state = assignment.state_value(tp)
-                if offset is None or not state.has_valid_position or state.position != offset:
+                if not state.has_valid_position or state.position != offset:
                     continue  # seeked while the request was out: the seek wins
                 error = kafka_errors.for_code(error_code)
                 if error is not kafka_errors.NoError:
@@ -314,17 +316,16 @@ class Intake:
             kafka_errors.UnknownTopicOrPartitionError,
         ):
             kafka._client.force_metadata_update()
-        elif error is kafka_errors.OffsetOutOfRangeError and self._reset(kafka) is not None:
+        elif error is kafka_errors.OffsetOutOfRangeError and _resets(kafka):
             log.info("fetch offset %s of %s out of range, resetting", state.position, tp)
-            state.await_reset(self._reset(kafka))
+            state.await_reset(kafka._fetcher._default_reset_strategy)
         else:
             log.warning("unexpected error fetching %s: %s", tp, error.__name__)
 
-    @staticmethod
-    def _reset(kafka: Any) -> Any:
-        """The consumer's offset reset strategy (None: none, the error is only logged)."""
-        strategy = kafka._fetcher._default_reset_strategy
-        return None if strategy == OffsetResetStrategy.NONE else strategy
+
+def _resets(kafka: Any) -> bool:
+    """Whether the consumer resets an offset out of range (with none, it is only logged)."""
+    return bool(kafka._fetcher._default_reset_strategy != OffsetResetStrategy.NONE)
 
 
 def _messages(
