@@ -39,6 +39,7 @@ from cadenza_scheduler.codec import Stored
 from cadenza_scheduler.domain import ExecutionState, decide, timer_fired, topic_for
 from cadenza_scheduler.domain.tx import derived_id
 from cadenza_scheduler.metrics import Metrics
+from cadenza_scheduler.specs import SpecEntries, entry_key, entry_partition, is_entry
 from cadenza_scheduler.timers import RETENTION, TimerHeap
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class Batch:
     outgoing: list[Event] = field(default_factory=list)
     outboxes: dict[str, list[Event]] = field(default_factory=dict)
     states: dict[str, tuple[ExecutionState | None, bytes]] = field(default_factory=dict)
+    # spec entries the batch wrote (`SpecEntries.name`): persisted ahead of its states
+    specs: list[str] = field(default_factory=list)
     # each emit as a record, encoded once for both the outbox and the send (by event object)
     records: dict[int, tuple[Event, KafkaMessage]] = field(default_factory=dict)
     # input records handled and events emitted, by type: counted into the metrics once
@@ -172,7 +175,8 @@ class Shell:
         self.clock = clock
         self.send_attempts = send_attempts
         self.heap = TimerHeap()
-        self.cache = codec.StateCache()
+        self.specs = SpecEntries(table)
+        self.cache = codec.StateCache(stored_spec=self._stored_spec)
         self.resent: set[str] = set()
         self.owned: set[int] = set(range(partitions))
         self.active: set[str] = set()
@@ -258,7 +262,9 @@ class Shell:
         state_bytes = codec.state_json(decision.state)
         batch.states[key] = (decision.state, state_bytes)
         stored_now = Stored(decision.state, list(batch.outboxes[key]))
-        self._save(key, stored_now, state_bytes, batch.record_json)
+        spec_entry = self._save(key, stored_now, state_bytes, batch.record_json)
+        if spec_entry is not None:
+            batch.specs.append(spec_entry)
         for emitted in decision.emits:
             batch.emitted[emitted.CE_TYPE] += 1
 
@@ -281,7 +287,8 @@ class Shell:
         while True:
             try:
                 async with asyncio.TaskGroup() as flush:
-                    persisted = flush.create_task(_done_at(self._persist(batch.outboxes)))
+                    keys = [*batch.specs, *batch.outboxes]
+                    persisted = flush.create_task(_done_at(self._persist(keys)))
                     sent = flush.create_task(
                         _done_at(self.send_events(batch.outgoing, batch.record))
                     )
@@ -312,15 +319,27 @@ class Shell:
         stored: Stored,
         state_bytes: bytes,
         record_json: Callable[[Event], bytes] | None = None,
-    ) -> None:
-        if stored.state is None and not stored.outbox:
+    ) -> str | None:
+        """Write `stored` under `key` (delete it when empty); return the spec entry written
+        for its state, if the table did not hold it yet (to persist ahead of the state)."""
+        state = stored.state
+        spec_entry = None
+        if state is None:
+            self.specs.release(key)
+        else:
+            spec_entry = self.specs.name(key, partition_of(key, self.partitions), state)
+        if state is None and not stored.outbox:
             if self.table.get(key) is not None:
                 del self.table[key]
             self.cache.forget(key)
-            return
+            return None
         raw = codec.dump(stored, state_bytes, record_json)
         self.table[key] = raw
         self.cache.put(key, raw, stored)
+        return spec_entry
+
+    def _stored_spec(self, key: str) -> Callable[[str], bytes | None]:
+        return self.specs.json_for(key, partition_of(key, self.partitions))
 
     def _expire(self, key: str, state: ExecutionState | None) -> None:
         """Delete a finished execution whose retention is over (a tombstone in the changelog)."""
@@ -417,6 +436,7 @@ class Shell:
         """Forget the in-memory indexes; they are rebuilt once the new assignment recovered."""
         self.heap.clear()
         self.cache.clear()
+        self.specs.clear()
         self.resent.clear()
         self.active.clear()
 
@@ -429,24 +449,39 @@ class Shell:
         self.heap.clear()
         self.active.clear()
         resent = 0
+        named: dict[str, str] = {}  # execution -> the spec entry its state names
+        entries: list[str] = []
         for index, (key, raw) in enumerate(list(self.table.items())):
             if index % 1000 == 999:
                 await asyncio.sleep(0)  # the consumer's heartbeats share this loop
-            if partition_of(key, self.partitions) not in owned:
+            if is_entry(key):
+                if entry_partition(key) in owned:
+                    entries.append(key)
+                continue
+            partition = partition_of(key, self.partitions)
+            if partition not in owned:
                 continue
             summary = codec.summary(raw)
+            if summary.spec is not None:
+                named[key] = entry_key(partition, summary.spec)
             if summary.outbox:
                 await self.send_events(summary.outbox)
                 self.resent.add(key)
                 resent += 1
-            if summary.finished_at is not None:
-                self.heap.push(key, RETENTION, summary.finished_at + self.retention_s)
-            else:
-                self.active.add(key)
-                for due, timer_id in summary.timers:
-                    self.heap.push(key, timer_id, due)
+            self._recovered_timers(key, summary)
+        orphans = self.specs.rebuilt(named, entries)
+        if orphans:
+            log.info("spec entries no execution names deleted", extra={"count": orphans})
         self._gauge()
         return resent
+
+    def _recovered_timers(self, key: str, summary: codec.Summary) -> None:
+        if summary.finished_at is not None:
+            self.heap.push(key, RETENTION, summary.finished_at + self.retention_s)
+        else:
+            self.active.add(key)
+            for due, timer_id in summary.timers:
+                self.heap.push(key, timer_id, due)
 
     async def fire_due(self) -> int:
         """Send TimerFired to `executions.commands` for every due timer; return how many."""

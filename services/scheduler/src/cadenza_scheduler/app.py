@@ -41,6 +41,7 @@ from cadenza_scheduler.agents import Outgoing, Record, Shell, partition_of
 from cadenza_scheduler.metrics import Metrics
 from cadenza_scheduler.produce import Producer
 from cadenza_scheduler.settings import Settings
+from cadenza_scheduler.specs import entry_partition, is_entry
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,11 @@ class DurableTable(faust.Table[str, bytes]):  # type: ignore[misc]
     def partition_for_key(self, key: Any) -> int:
         # The partition of the execution's input records (same key, same partitioner), not
         # Faust's "current event": the agent takes records in batches across partitions.
-        return partition_of(str(key), self.partitions or 1)
+        # A spec entry goes to the partition of the executions that name it.
+        key = str(key)
+        if is_entry(key):
+            return entry_partition(key)
+        return partition_of(key, self.partitions or 1)
 
     def on_key_set(self, key: Any, value: Any) -> None:
         self.dirty.setdefault(key, time.monotonic())

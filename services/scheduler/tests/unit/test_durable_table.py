@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Sequence
 import pytest
 
 from cadenza_scheduler import app as app_module
-from cadenza_scheduler.agents import Outgoing
+from cadenza_scheduler.agents import Outgoing, partition_of
 from cadenza_scheduler.app import DurableTable, _changelog_key, create_app
 from cadenza_scheduler.settings import Settings
+from cadenza_scheduler.specs import entry_key
 
 
 def table() -> DurableTable:
@@ -31,6 +32,14 @@ def test_changelog_keys_are_the_bytes_faust_writes_and_recovers() -> None:
     )
 
     assert _changelog_key(key) == faust_key
+
+
+def test_an_execution_goes_to_its_keys_partition_and_a_spec_entry_to_its_own() -> None:
+    executions = table()
+    key = "0190f0f0-0000-7000-8000-0000000000aa"
+
+    assert executions.partition_for_key(key) == partition_of(key, executions.partitions)
+    assert executions.partition_for_key(entry_key(7, "ab" * 16)) == 7
 
 
 def test_a_write_nobody_waits_for_is_held_back_until_the_delay_is_over() -> None:

@@ -13,6 +13,7 @@ from cadenza_common.kafka import decode, encode
 from cadenza_scheduler import codec
 from cadenza_scheduler.agents import Outgoing, Record, Shell, partition_of
 from cadenza_scheduler.domain.simulate import request
+from cadenza_scheduler.specs import is_entry
 from cadenza_scheduler.timers import RETENTION
 
 TOPICS = ev.Topics("t.")
@@ -103,11 +104,14 @@ async def test_a_request_saves_the_state_and_sends_its_emits_with_an_empty_outbo
 async def test_the_new_state_with_its_outbox_and_its_emits_go_to_the_broker_together() -> None:
     sched, table, sent, _ = shell()
     outboxes: list[list[ev.Event]] = []
+    persisted: list[str] = []
     emits_handed_over = asyncio.Event()
 
     async def persist(keys: Iterable[str]) -> None:
         for key in keys:
-            outboxes.append(codec.load(table[key]).outbox)
+            persisted.append(key)
+            if not is_entry(key):
+                outboxes.append(codec.load(table[key]).outbox)
         # returns only once the emits were handed to the producer: a shell that waited for
         # this write before sending would never finish
         await emits_handed_over.wait()
@@ -125,6 +129,9 @@ async def test_the_new_state_with_its_outbox_and_its_emits_go_to_the_broker_toge
 
     assert sent.records
     assert outboxes == [sent.events()]  # the outbox holds the records as sent, encoded once
+    key = str(req.execution_id)
+    entry = sched.specs.named[key]
+    assert persisted == [entry, key]  # the state's spec, stored apart, goes first
     assert codec.load(table[str(req.execution_id)]).outbox == []  # cleared once both landed
 
 

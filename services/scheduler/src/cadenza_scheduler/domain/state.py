@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, NamedTuple, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -238,9 +238,9 @@ class _SpecJson:
     def __init__(self, capacity: int = 1024) -> None:
         self._capacity = capacity
         self.by_key: dict[str, WorkflowSpec] = {}
-        self.by_object: dict[int, tuple[WorkflowSpec, tuple[str, orjson.Fragment]]] = {}
+        self.by_object: dict[int, tuple[WorkflowSpec, _Rendered]] = {}
 
-    def rendered(self, spec: WorkflowSpec) -> tuple[str, orjson.Fragment]:
+    def rendered(self, spec: WorkflowSpec) -> _Rendered:
         """The spec's content key and JSON."""
         return by_identity(self.by_object, spec, self._capacity, _render_spec, spec)
 
@@ -258,9 +258,20 @@ class _SpecJson:
         self.by_key[key] = spec
 
 
-def _render_spec(spec: WorkflowSpec) -> tuple[str, orjson.Fragment]:
+class _Rendered(NamedTuple):
+    key: str  # a digest of `raw`
+    raw: bytes
+    fragment: orjson.Fragment  # `raw`, to splice into a state's JSON
+
+
+def _render_spec(spec: WorkflowSpec) -> _Rendered:
     raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(raw, digest_size=16).hexdigest(), orjson.Fragment(raw)
+    return _Rendered(hashlib.blake2b(raw, digest_size=16).hexdigest(), raw, orjson.Fragment(raw))
+
+
+class SpecMissing(ValueError):
+    """A state written without its spec (`dump_state(with_spec=False)`) whose spec is
+    neither parsed in this process nor given to `load_state`."""
 
 
 T = TypeVar("T")
@@ -310,7 +321,7 @@ def validated_spec(workflow: Mapping[str, Any]) -> ValidationResult:
         return ValidationResult(spec=spec)
     result = validate_workflow(workflow)
     if result.spec is not None:
-        key, _ = _SPECS.rendered(result.spec)
+        key = _SPECS.rendered(result.spec).key
         spec = _SPECS.by_key.setdefault(key, result.spec)
         _SPECS.remember(digest, spec)
         result = ValidationResult(spec=spec)
@@ -338,26 +349,60 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
 _RENDERED_APART = {"spec", "nodes"}  # never changed
 
 
-def dump_state(state: ExecutionState) -> bytes:
+def spec_json(spec: WorkflowSpec) -> tuple[str, bytes]:
+    """The spec's content key and its JSON as `dump_state` writes it (rendered once a spec):
+    what `load_state` needs back for a state written without it."""
+    rendered = _SPECS.rendered(spec)
+    return rendered.key, rendered.raw
+
+
+def dump_state(state: ExecutionState, *, with_spec: bool = True) -> bytes:
     """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec.
 
     The fields but the nodes and the spec are pydantic-core's JSON as it renders them
     (`to_json`, bytes: no dict in between, a fifth faster than `model_dump` then
     `orjson.dumps`, the same bytes); the nodes' and the spec's JSON are spliced in after
-    them, rendered once each (`_nodes_json`, `_SPECS`).
+    them, rendered once each (`_nodes_json`, `_SPECS`). `with_spec=False` leaves the spec
+    out, only its key in: for a store that keeps each spec once (`spec_json`), since the
+    spec is most of a state's bytes and never changes.
     """
     fields = state.__pydantic_serializer__.to_json(state, exclude=_RENDERED_APART)
-    key, spec = _SPECS.rendered(state.spec)
-    rest = orjson.dumps({"nodes": _nodes_json(state), "spec_key": key, "spec": spec})
+    spec = _SPECS.rendered(state.spec)
+    apart: dict[str, Any] = {"nodes": _nodes_json(state), "spec_key": spec.key}
+    if with_spec:
+        apart["spec"] = spec.fragment
+    rest = orjson.dumps(apart)
     return fields[:-1] + b"," + rest[1:]  # fields never empty: ids and times are required
 
 
-def load_state(data: bytes) -> ExecutionState:
+def load_state(
+    data: bytes, stored_spec: Callable[[str], bytes | None] | None = None
+) -> ExecutionState:
     """Read a state written by `dump_state`; a spec seen before is not parsed again.
+
+    A state written without its spec takes it from this process's parsed specs, else from
+    `stored_spec(spec_key)` (the JSON `spec_json()` gave when it was written).
 
     Raises:
         pydantic.ValidationError: when the bytes are not a valid state.
+        SpecMissing: when the state's spec is not in it, not parsed here and not given.
     """
     doc = orjson.loads(data)
-    doc["spec"] = _SPECS.parsed(doc.pop("spec_key", None), doc["spec"])
+    key = doc.pop("spec_key", None)
+    if "spec" in doc:
+        doc["spec"] = _SPECS.parsed(key, doc["spec"])
+    else:
+        doc["spec"] = _spec_apart(key, stored_spec)
     return ExecutionState.model_validate(doc)
+
+
+def _spec_apart(key: Any, stored_spec: Callable[[str], bytes | None] | None) -> WorkflowSpec:
+    if not isinstance(key, str):
+        raise SpecMissing("the state has neither a spec nor a spec key")
+    spec = _SPECS.by_key.get(key)
+    if spec is not None:
+        return spec
+    raw = None if stored_spec is None else stored_spec(key)
+    if raw is None:
+        raise SpecMissing(f"the workflow spec {key} of this state is not stored")
+    return _SPECS.parsed(key, orjson.loads(raw))
