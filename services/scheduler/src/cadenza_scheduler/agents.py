@@ -366,10 +366,11 @@ class Shell:
                 self.heap.push(key, timer.timer_id, timer.due_at.timestamp())
 
     def _gauge(self) -> None:
-        """Set the active-execution and pending-timer gauges (after a batch, an expiry, a
-        recovery and each timer tick)."""
+        """Set the active-execution, pending-timer and stored-spec gauges (after a batch, an
+        expiry, a recovery and each timer tick)."""
         self.metrics.active.set(len(self.active))
         self.metrics.timers.set(len(self.heap))
+        self.metrics.specs.set(len(self.specs.users))
 
     # --- sending ---------------------------------------------------------------------------
 

@@ -36,6 +36,12 @@ class Metrics:
             "Entries in the in-memory timer heap",
             registry=self.registry,
         )
+        self.specs = Gauge(
+            "cadenza_scheduler_specs_stored",
+            "Workflow specs stored in the table for the partitions this process owns (once a "
+            "partition a spec, beside the states that name it)",
+            registry=self.registry,
+        )
         self.decide_seconds = Histogram(
             "cadenza_scheduler_decide_seconds",
             "Time spent in decide() per event",

@@ -68,6 +68,7 @@ async def test_a_state_is_stored_without_its_spec_and_the_spec_once_a_partition(
     assert b'"spec":' not in raw_state
     assert orjson.loads(raw_state)["spec_key"] == spec_key
     assert codec.summary(table[str(one)]).spec == spec_key
+    assert sched.metrics.registry.get_sample_value("cadenza_scheduler_specs_stored") == 2
 
 
 async def test_a_new_process_reads_the_spec_from_the_table_and_goes_on() -> None:
@@ -139,6 +140,7 @@ async def test_the_last_execution_to_go_takes_its_spec_entry_along() -> None:
     await sched.apply(sent.events(TOPICS.executions_commands)[-1])  # type: ignore[arg-type]
 
     assert table == {}
+    assert sched.metrics.registry.get_sample_value("cadenza_scheduler_specs_stored") == 0
 
 
 async def test_recovery_deletes_the_entries_no_state_names_in_the_partitions_it_owns() -> None:
