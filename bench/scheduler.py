@@ -6,8 +6,9 @@ scheduler's own `cadenza_scheduler_transitions_total` counts). Latency is from t
 producing StepSucceeded for node n to the runner consuming the StepReady of node n+1 (both
 clocks are this process).
 
-Sustained figures, measured in steady state: a warm-up of a few executions first (topic
-metadata, connections, the workflow's validated spec), then two timed phases of
+Sustained figures, measured in steady state: a warm-up first (`CADENZA_BENCH_WARMUP_S`,
+10 s, `CADENZA_BENCH_EXECUTIONS` in flight: topic metadata, connections, the workflow's
+validated spec, the broker's JIT), then two timed phases of
 `CADENZA_BENCH_SECONDS` (20) each. Saturation keeps `CADENZA_BENCH_EXECUTIONS` (600)
 executions in flight, starting a new one as each finishes; the paced phase starts
 executions at half the saturated rate, open loop. `CADENZA_BENCH_PACED_RATE` (in
@@ -61,7 +62,6 @@ from cadenza_scheduler import heap
 from cadenza_scheduler.settings import Settings as SchedulerSettings
 
 CHAIN = 10
-WARMUP_EXECUTIONS = 50
 WINDOW_START_S = 3.0
 SCHEDULER_LOG = "scheduler.log"
 ORG = uuid.UUID("0190f0f0-0000-7000-8000-0000000000aa")
@@ -225,9 +225,20 @@ class Bench:
         self._produce(self.topics.executions_commands, encode(event, source="/bench"))
         return event.execution_id
 
-    async def warm_up(self) -> None:
-        """A few executions to the end, not measured: metadata, connections, caches."""
-        ids = [self.start() for _ in range(WARMUP_EXECUTIONS)]
+    async def warm_up(self, in_flight: int, seconds: float) -> None:
+        """Executions to the end, not measured, `in_flight` at a time for `seconds`: topic
+        metadata, connections, caches, and the broker's JIT compiler. A broker started
+        just before spends its first ~10 s under load compiling (~0.6 of a core more,
+        session 22): a first run with a short warm-up had p99 43 ms, 9 ms the next."""
+        end = time.perf_counter() + seconds
+        ids: list[uuid.UUID] = []
+        running: set[uuid.UUID] = set()
+        while time.perf_counter() < end or not ids:
+            running = {i for i in running if i not in self.finished}
+            for _ in range(in_flight - len(running)):
+                ids.append(self.start())
+                running.add(ids[-1])
+            await asyncio.sleep(0.01)
         await self.drain(ids, time.perf_counter() + 120)
 
     async def drain(self, ids: list[uuid.UUID], deadline: float) -> None:
@@ -458,6 +469,7 @@ async def run(
     seconds: float,
     paced_rate: float | None = None,
     start: Start | None = None,
+    warm_up_s: float = 10.0,
 ) -> list[dict[str, Any]]:
     """Both phases; with `paced_rate` (transitions/s) only the paced one, at that rate.
 
@@ -488,7 +500,7 @@ async def run(
             stop = threading.Event()
             serving = asyncio.create_task(asyncio.to_thread(bench.serve, stop))
             try:
-                await bench.warm_up()
+                await bench.warm_up(executions, warm_up_s)
                 rows = []
                 if paced_rate is None:
                     rows.append(await bench.phase(executions, None, seconds))
@@ -514,7 +526,10 @@ def main() -> None:
     executions = int(os.environ.get("CADENZA_BENCH_EXECUTIONS", "600"))
     seconds = float(os.environ.get("CADENZA_BENCH_SECONDS", "20"))
     paced = os.environ.get("CADENZA_BENCH_PACED_RATE")
-    rows = asyncio.run(run(executions, seconds, float(paced) if paced else None))
+    warm_up_s = float(os.environ.get("CADENZA_BENCH_WARMUP_S", "10"))
+    rows = asyncio.run(
+        run(executions, seconds, float(paced) if paced else None, warm_up_s=warm_up_s)
+    )
     report(
         "scheduler",
         rows,
