@@ -100,11 +100,11 @@ each batch:
      A crash before that only resends events consumers already have.
 The table's changelog partition is computed from the key (`partition_of`), not from
 Faust's "current event", because a batch mixes partitions.
-A state is stored without its workflow spec (most of its bytes, and it never changes):
-the spec is a table entry of its own, once a partition (`specs`), written with the first
-state of that partition that names it and persisted ahead of it in step 2, so both are in
-the same record batch of the same changelog partition and recover together; the last
-state naming it takes it along when it is deleted.
+A state is stored without its workflow spec and sub-workflow bundle (most of its bytes,
+and they never change): each is a table entry of its own, once a partition (`specs`),
+written with the first state of that partition that names it and persisted ahead of it in
+step 2, so both are in the same record batch of the same changelog partition and recover
+together; the last state naming it takes it along when it is deleted.
 A crash after 2 and before 4 leaves the outbox in the changelog. On partition assignment,
 after recovery, the shell resends every non-empty outbox of the partitions it owns
 (remembering which keys it resent), and the next record for such a key resends it

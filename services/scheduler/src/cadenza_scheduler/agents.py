@@ -176,7 +176,7 @@ class Shell:
         self.send_attempts = send_attempts
         self.heap = TimerHeap()
         self.specs = SpecEntries(table)
-        self.cache = codec.StateCache(stored_spec=self._stored_spec)
+        self.cache = codec.StateCache(stored=self._stored_apart)
         self.resent: set[str] = set()
         self.owned: set[int] = set(range(partitions))
         self.active: set[str] = set()
@@ -262,9 +262,7 @@ class Shell:
         state_bytes = codec.state_json(decision.state)
         batch.states[key] = (decision.state, state_bytes)
         stored_now = Stored(decision.state, list(batch.outboxes[key]))
-        spec_entry = self._save(key, stored_now, state_bytes, batch.record_json)
-        if spec_entry is not None:
-            batch.specs.append(spec_entry)
+        batch.specs.extend(self._save(key, stored_now, state_bytes, batch.record_json))
         for emitted in decision.emits:
             batch.emitted[emitted.CE_TYPE] += 1
 
@@ -319,26 +317,26 @@ class Shell:
         stored: Stored,
         state_bytes: bytes,
         record_json: Callable[[Event], bytes] | None = None,
-    ) -> str | None:
-        """Write `stored` under `key` (delete it when empty); return the spec entry written
-        for its state, if the table did not hold it yet (to persist ahead of the state)."""
+    ) -> list[str]:
+        """Write `stored` under `key` (delete it when empty); return the spec entries written
+        for its state, those the table did not hold yet (to persist ahead of the state)."""
         state = stored.state
-        spec_entry = None
+        spec_entries = []
         if state is None:
             self.specs.release(key)
         else:
-            spec_entry = self.specs.name(key, partition_of(key, self.partitions), state)
+            spec_entries = self.specs.name(key, partition_of(key, self.partitions), state)
         if state is None and not stored.outbox:
             if self.table.get(key) is not None:
                 del self.table[key]
             self.cache.forget(key)
-            return None
+            return []
         raw = codec.dump(stored, state_bytes, record_json)
         self.table[key] = raw
         self.cache.put(key, raw, stored)
-        return spec_entry
+        return spec_entries
 
-    def _stored_spec(self, key: str) -> Callable[[str], bytes | None]:
+    def _stored_apart(self, key: str) -> Callable[[str], bytes | None]:
         return self.specs.json_for(key, partition_of(key, self.partitions))
 
     def _expire(self, key: str, state: ExecutionState | None) -> None:
@@ -450,7 +448,7 @@ class Shell:
         self.heap.clear()
         self.active.clear()
         resent = 0
-        named: dict[str, str] = {}  # execution -> the spec entry its state names
+        named: dict[str, tuple[str, ...]] = {}  # execution -> the spec entries it names
         entries: list[str] = []
         for index, (key, raw) in enumerate(list(self.table.items())):
             if index % 1000 == 999:
@@ -463,8 +461,8 @@ class Shell:
             if partition not in owned:
                 continue
             summary = codec.summary(raw)
-            if summary.spec is not None:
-                named[key] = entry_key(partition, summary.spec)
+            if summary.apart:
+                named[key] = tuple(entry_key(partition, k) for k in summary.apart)
             if summary.outbox:
                 await self.send_events(summary.outbox)
                 self.resent.add(key)

@@ -1,13 +1,14 @@
 """How one execution is stored in the Faust table: state, outbox and a summary, as JSON bytes.
 
 The stored value is one JSON line `{"outbox": [...], "timers": [[due_ts, timer_id], ...],
-"finished_at": ts|null, "spec": spec_key|null}`, a newline, then the state as written by
-`domain.dump_state` without its spec (or `null`): the spec is stored once a partition
-beside it (`cadenza_scheduler.specs`). The outbox holds the events of the last transition
-until their sends were confirmed (see the package docstring); `timers`, `finished_at` and
-`spec` repeat what the state says so that a rebalance can rebuild the timer heap, resend
-outboxes and count who names which spec with `orjson.loads` only, without validating
-every state. A state written with its spec (before specs were stored apart) still loads.
+"finished_at": ts|null, "apart": [content_key, ...]}`, a newline, then the state as
+written by `domain.dump_state(apart=True)` (or `null`): its spec and sub-workflow bundle
+are stored once a partition beside it (`cadenza_scheduler.specs`), `apart` names them.
+The outbox holds the events of the last transition until their sends were confirmed (see
+the package docstring); `timers`, `finished_at` and `apart` repeat what the state says so
+that a rebalance can rebuild the timer heap, resend outboxes and count who names which
+stored document with `orjson.loads` only, without validating every state. A state written
+whole (before specs were stored apart) still loads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import orjson
 
 from cadenza_common.events import Event, event_class
 from cadenza_scheduler.domain import ExecutionState, dump_state, load_state
-from cadenza_scheduler.domain.state import make_room, spec_json
+from cadenza_scheduler.domain.state import make_room, stored_apart
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Summary:
     outbox: list[Event]
     timers: list[tuple[float, str]]
     finished_at: float | None
-    spec: str | None = None  # the state's spec key
+    apart: tuple[str, ...] = ()  # content keys of the documents stored apart
 
 
 def dump_event(event: Event) -> dict[str, Any]:
@@ -50,9 +51,9 @@ def load_event(raw: dict[str, Any]) -> Event:
 
 
 def state_json(state: ExecutionState | None) -> bytes:
-    """The state as JSON (`dump_state`, without the spec), computed once per transition,
-    used in both writes."""
-    return b"null" if state is None else dump_state(state, with_spec=False)
+    """The state as JSON (`dump_state`, its spec and bundle apart), computed once per
+    transition, used in both writes."""
+    return b"null" if state is None else dump_state(state, apart=True)
 
 
 def dump(
@@ -78,7 +79,7 @@ def dump(
         "finished_at": None
         if state is None or state.finished_at is None or not state.finished
         else state.finished_at.timestamp(),
-        "spec": None if state is None else spec_json(state.spec)[0],
+        "apart": [] if state is None else [key for key, _ in stored_apart(state)],
     }
     return orjson.dumps(meta) + b"\n" + state_bytes
 
@@ -88,14 +89,14 @@ def _split(raw: bytes) -> tuple[dict[str, Any], bytes]:
     return orjson.loads(meta), state
 
 
-def load(raw: bytes | None, stored_spec: Callable[[str], bytes | None] | None = None) -> Stored:
-    """Parse a stored execution (None or empty: nothing stored); `stored_spec(spec_key)`: the
-    stored spec, for a state whose spec was not parsed in this process yet."""
+def load(raw: bytes | None, stored: Callable[[str], bytes | None] | None = None) -> Stored:
+    """Parse a stored execution (None or empty: nothing stored); `stored(content_key)`: a
+    document stored apart, for a state whose spec or bundle this process has not parsed."""
     if not raw:
         return Stored(None)
     meta, state = _split(raw)
     return Stored(
-        None if state in (b"", b"null") else load_state(state, stored_spec),
+        None if state in (b"", b"null") else load_state(state, stored),
         [load_event(e) for e in meta.get("outbox") or ()],
     )
 
@@ -109,7 +110,7 @@ def summary(raw: bytes | None) -> Summary:
         [load_event(e) for e in meta.get("outbox") or ()],
         [(float(due), str(tid)) for due, tid in meta.get("timers") or ()],
         meta.get("finished_at"),
-        meta.get("spec"),
+        tuple(str(key) for key in meta.get("apart") or ()),
     )
 
 
@@ -128,11 +129,11 @@ class StateCache:
     def __init__(
         self,
         capacity: int = 50_000,
-        stored_spec: Callable[[str], Callable[[str], bytes | None]] | None = None,
+        stored: Callable[[str], Callable[[str], bytes | None]] | None = None,
     ) -> None:
         self._capacity = capacity
         self._items: dict[str, tuple[bytes, Stored]] = {}
-        self._stored_spec = stored_spec  # execution key -> how to find its stored spec
+        self._stored = stored  # execution key -> how to find what its state keeps apart
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
@@ -144,7 +145,7 @@ class StateCache:
         hit = self._items.get(key)
         if hit is not None and hit[0] is raw:
             return hit[1]
-        stored = load(raw, None if self._stored_spec is None else self._stored_spec(key))
+        stored = load(raw, None if self._stored is None else self._stored(key))
         self.put(key, raw, stored)
         return stored
 

@@ -38,8 +38,8 @@ class Metrics:
         )
         self.specs = Gauge(
             "cadenza_scheduler_specs_stored",
-            "Workflow specs stored in the table for the partitions this process owns (once a "
-            "partition a spec, beside the states that name it)",
+            "Workflow specs and sub-workflow bundles stored in the table for the partitions "
+            "this process owns (each once a partition, beside the states that name it)",
             registry=self.registry,
         )
         self.decide_seconds = Histogram(

@@ -1,11 +1,14 @@
-"""Each workflow spec once a partition in the table, beside the states that name it.
+"""Each workflow spec (and sub-workflow bundle) once a partition in the table, beside the
+states that name it.
 
-A state names its spec by content key (`domain.spec_json`) and is stored without it: the
-spec was ~60 % of every changelog record (4.3 of 7.1 KB for a ten-step chain), written
-again with each transition. The spec goes into the table once a partition instead, as the
-entry `spec:<partition>:<spec key>`, in that partition of the changelog: it is written with
-the first state that names it, ahead of it in the same persist, so both are in one record
-batch of that partition (the broker appends a batch whole) and recover together.
+A state names its spec, and its bundle when it has one, by content key
+(`domain.stored_apart`) and is stored without them: the spec was ~60 % of every changelog
+record (4.3 of 7.1 KB for a ten-step chain), written again with each transition, and a
+bundle holds every sub-workflow's snapshot. Each goes into the table once a partition
+instead, as the entry `spec:<partition>:<content key>`, in that partition of the
+changelog: it is written with the first state that names it, ahead of it in the same
+persist, so both are in one record batch of that partition (the broker appends a batch
+whole) and recover together.
 
 An entry lives while a state of its partition names it. `SpecEntries` counts who names
 what; the last state to go (deleted after its retention) takes the entry with it, and
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from cadenza_scheduler.domain import ExecutionState
-from cadenza_scheduler.domain.state import spec_json
+from cadenza_scheduler.domain.state import stored_apart
 
 PREFIX = "spec:"
 
@@ -31,8 +34,8 @@ class Table(Protocol):
     def __delitem__(self, key: str) -> None: ...
 
 
-def entry_key(partition: int, spec_key: str) -> str:
-    return f"{PREFIX}{partition}:{spec_key}"
+def entry_key(partition: int, content_key: str) -> str:
+    return f"{PREFIX}{partition}:{content_key}"
 
 
 def is_entry(key: str) -> bool:
@@ -51,52 +54,54 @@ class SpecEntries:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.users: dict[str, set[str]] = {}  # entry -> execution keys naming it
-        self.named: dict[str, str] = {}  # execution key -> its entry
+        self.named: dict[str, tuple[str, ...]] = {}  # execution key -> its entries
 
-    def name(self, key: str, partition: int, state: ExecutionState) -> str | None:
+    def name(self, key: str, partition: int, state: ExecutionState) -> list[str]:
         """Execution `key` (of `partition`) is stored with `state`: make sure the table holds
-        its spec. Returns the entry when it was written now, to persist before the state."""
-        spec_key, raw = spec_json(state.spec)
-        entry = entry_key(partition, spec_key)
-        if self.named.get(key) == entry:
-            return None
+        what the state keeps apart. Returns the entries written now, to persist before it."""
+        docs = stored_apart(state)
+        entries = tuple(entry_key(partition, content_key) for content_key, _ in docs)
+        if self.named.get(key) == entries:
+            return []
         self.release(key)
-        self.named[key] = entry
-        self.users.setdefault(entry, set()).add(key)
-        if self.table.get(entry) is None:
-            self.table[entry] = raw
-            return entry
-        return None
+        self.named[key] = entries
+        written = []
+        for entry, (_, raw) in zip(entries, docs, strict=True):
+            self.users.setdefault(entry, set()).add(key)
+            if self.table.get(entry) is None:
+                self.table[entry] = raw
+                written.append(entry)
+        return written
 
     def release(self, key: str) -> None:
-        """Execution `key` is no longer stored: its entry goes when nothing else names it."""
-        entry = self.named.pop(key, None)
-        if entry is None:
-            return
-        users = self.users.get(entry)
-        if users is not None:
-            users.discard(key)
-            if users:
-                return
-            del self.users[entry]
-        if self.table.get(entry) is not None:
-            del self.table[entry]
+        """Execution `key` is no longer stored: an entry goes when nothing else names it."""
+        for entry in self.named.pop(key, ()):
+            users = self.users.get(entry)
+            if users is not None:
+                users.discard(key)
+                if users:
+                    continue
+                del self.users[entry]
+            if self.table.get(entry) is not None:
+                del self.table[entry]
 
     def json_for(self, key: str, partition: int) -> Callable[[str], bytes | None]:
-        """How `load_state` finds the spec of execution `key` (of `partition`)."""
-        return lambda spec_key: self.table.get(entry_key(partition, spec_key))
+        """How `load_state` finds what execution `key` (of `partition`) keeps apart."""
+        return lambda content_key: self.table.get(entry_key(partition, content_key))
 
     def clear(self) -> None:
         self.users.clear()
         self.named.clear()
 
-    def rebuilt(self, named: dict[str, str], entries: Iterable[str]) -> int:
-        """After a recovery: `named` maps each owned execution to its entry, `entries` are the
-        owned partitions' entries. Entries no execution names are deleted; returns how many."""
+    def rebuilt(self, named: dict[str, tuple[str, ...]], entries: Iterable[str]) -> int:
+        """After a recovery: `named` maps each owned execution to its entries, `entries` are
+        the owned partitions' entries. Entries no execution names are deleted; returns how
+        many."""
         self.clear()
-        for key, entry in named.items():
-            self.named[key] = entry
-            self.users.setdefault(entry, set()).add(key)
+        for key, its_entries in named.items():
+            self.named[key] = its_entries
+            for entry in its_entries:
+                self.users.setdefault(entry, set()).add(key)
         orphans = [entry for entry in entries if entry not in self.users]
         for entry in orphans:
             del self.table[entry]

@@ -130,8 +130,7 @@ async def test_the_new_state_with_its_outbox_and_its_emits_go_to_the_broker_toge
     assert sent.records
     assert outboxes == [sent.events()]  # the outbox holds the records as sent, encoded once
     key = str(req.execution_id)
-    entry = sched.specs.named[key]
-    assert persisted == [entry, key]  # the state's spec, stored apart, goes first
+    assert persisted == [*sched.specs.named[key], key]  # its spec, stored apart, goes first
     assert codec.load(table[str(req.execution_id)]).outbox == []  # cleared once both landed
 
 

@@ -1,4 +1,5 @@
-"""Workflow specs stored once a partition beside the states that name them (no network)."""
+"""Workflow specs and sub-workflow bundles stored once a partition beside the states that name
+them (no network)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cadenza_scheduler.agents import Shell, partition_of
 from cadenza_scheduler.domain import dump_state, load_state
 from cadenza_scheduler.domain import state as state_module
 from cadenza_scheduler.domain.simulate import request
-from cadenza_scheduler.domain.state import SpecMissing, spec_json
+from cadenza_scheduler.domain.state import SpecMissing, stored_apart
 from cadenza_scheduler.specs import entry_key, entry_partition, is_entry
 
 from .test_shell import CALL_A, T0, TOPICS, flow, shell
@@ -25,8 +26,9 @@ CALL_B = {"id": "b", "type": "service_call", "connection": "svc", "path": "/b", 
 
 def forget_parsed_specs() -> None:
     """What a new process knows of specs: nothing until it reads them from the table."""
-    state_module._SPECS.by_key.clear()
-    state_module._SPECS.by_object.clear()
+    for shared in (state_module._SPECS, state_module._BUNDLES):
+        shared.by_key.clear()
+        shared.by_object.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -60,14 +62,14 @@ async def test_a_state_is_stored_without_its_spec_and_the_spec_once_a_partition(
     for req in reqs:
         await sched.apply(req)
 
-    spec_key, spec = spec_json(codec.load(table[str(one)]).state.spec)  # type: ignore[union-attr]
+    [(spec_key, spec)] = stored_apart(codec.load(table[str(one)]).state)  # type: ignore[arg-type]
     entries = sorted(k for k in table if is_entry(k))
     assert entries == [entry_key(3, spec_key), entry_key(4, spec_key)]
     assert all(table[e] == spec for e in entries)
     _, raw_state = table[str(one)].split(b"\n", 1)
     assert b'"spec":' not in raw_state
     assert orjson.loads(raw_state)["spec_key"] == spec_key
-    assert codec.summary(table[str(one)]).spec == spec_key
+    assert codec.summary(table[str(one)]).apart == (spec_key,)
     assert sched.metrics.registry.get_sample_value("cadenza_scheduler_specs_stored") == 2
 
 
@@ -94,9 +96,9 @@ async def test_a_spec_nowhere_to_be_found_is_a_clear_error() -> None:
     forget_parsed_specs()
 
     with pytest.raises(SpecMissing, match="is not stored"):
-        load_state(dump_state(state, with_spec=False))
+        load_state(dump_state(state, apart=True))
     with pytest.raises(SpecMissing, match="is not stored"):
-        load_state(dump_state(state, with_spec=False), lambda key: None)
+        load_state(dump_state(state, apart=True), lambda key: None)
     assert load_state(dump_state(state)) == state  # with its spec, on its own
 
 
@@ -117,7 +119,7 @@ async def test_a_state_written_with_its_spec_still_loads_and_its_next_write_stor
     await succeed(restarted, req, "a")
 
     assert [e.node_id for e in sent.events(TOPICS.steps_ready)] == ["b"]  # type: ignore[attr-defined]
-    assert [k for k in table if is_entry(k)] == [restarted.specs.named[key]]
+    assert [k for k in table if is_entry(k)] == list(restarted.specs.named[key])
 
 
 async def test_the_last_execution_to_go_takes_its_spec_entry_along() -> None:
@@ -148,7 +150,7 @@ async def test_recovery_deletes_the_entries_no_state_names_in_the_partitions_it_
     req = request(flow(CALL_A), execution_id=ids_in(2, 1)[0])
     await sched.apply(req)
     (named,) = (k for k in table if is_entry(k))
-    _, spec = spec_json(codec.load(table[str(req.execution_id)]).state.spec)  # type: ignore[union-attr]
+    [(_, spec)] = stored_apart(codec.load(table[str(req.execution_id)]).state)  # type: ignore[arg-type]
     table[entry_key(2, "0" * 32)] = spec  # left by a crash between a delete and the next
     table[entry_key(7, "0" * 32)] = spec  # another process's partition
     restarted, _, _, _ = shell(table)
@@ -157,3 +159,31 @@ async def test_recovery_deletes_the_entries_no_state_names_in_the_partitions_it_
 
     assert sorted(k for k in table if is_entry(k)) == [named, entry_key(7, "0" * 32)]
     assert entry_partition(named) == 2
+
+
+CHILD = ev.WorkflowSnapshot(
+    workflow_id=uuid.UUID("0190f0f0-0000-7000-8000-0000000000c1"),
+    workflow_version=1,
+    workflow=flow({"id": "c", "type": "service_call", "connection": "svc", "path": "/c"}),
+)
+KID = {"id": "kid", "type": "sub_workflow", "workflow": {"slug": "child"}}
+
+
+async def test_a_sub_workflow_bundle_is_stored_apart_too_and_read_back_by_a_new_process() -> None:
+    first, table, _, _ = shell()
+    req = request(flow(CALL_A, {**KID, "depends_on": ["a"]}), sub_workflows={"child": CHILD})
+    await first.apply(req)
+    key = str(req.execution_id)
+    _, raw_state = table[key].split(b"\n", 1)
+    assert b'"sub_workflows"' not in raw_state
+    assert len(codec.summary(table[key]).apart) == 2
+    assert sorted(k for k in table if is_entry(k)) == sorted(first.specs.named[key])
+    forget_parsed_specs()
+    restarted, _, sent, _ = shell(table)
+    await restarted.recovered(set(range(12)))
+
+    await succeed(restarted, req, "a")
+
+    [child] = [e for e in sent.events() if isinstance(e, ev.ExecutionRequested)]
+    assert child.sub_workflows == {"child": CHILD}
+    assert child.workflow == CHILD.workflow

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, Self, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -227,35 +227,49 @@ class ExecutionState(_State):
 # --- serialisation for the shell's table ----------------------------------------------------
 
 
-class _SpecJson:
-    """Each distinct spec once: parsed specs by content key, and each spec's JSON by object.
+S = TypeVar("S")
 
-    Every state of a workflow version shares one `WorkflowSpec` object (see `intern_spec`),
-    so its JSON is rendered once and spliced into every write (`orjson.Fragment`), and the
-    graph cache (keyed by spec object) hits for every execution of that version.
+
+class _Shared(Generic[S]):
+    """Each distinct shared document once: parsed by content key, JSON by object.
+
+    Every state of a workflow version shares one `WorkflowSpec` object (see
+    `validated_spec`), so its JSON is rendered once and spliced into every write
+    (`orjson.Fragment`), and the graph cache (keyed by spec object) hits for every
+    execution of that version. A sub-workflow bundle is shared the same way by the
+    transitions of one execution, and by every execution that loaded it by key.
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(
+        self, render: Callable[[S], bytes], parse: Callable[[Any], S], capacity: int = 1024
+    ) -> None:
+        self._render = render
+        self._parse = parse
         self._capacity = capacity
-        self.by_key: dict[str, WorkflowSpec] = {}
-        self.by_object: dict[int, tuple[WorkflowSpec, _Rendered]] = {}
+        self.by_key: dict[str, S] = {}
+        self.by_object: dict[int, tuple[S, _Rendered]] = {}
 
-    def rendered(self, spec: WorkflowSpec) -> _Rendered:
-        """The spec's content key and JSON."""
-        return by_identity(self.by_object, spec, self._capacity, _render_spec, spec)
+    def rendered(self, obj: S) -> _Rendered:
+        """The document's content key and JSON."""
+        return by_identity(self.by_object, obj, self._capacity, self._rendering, obj)
 
-    def parsed(self, key: str | None, doc: Any) -> WorkflowSpec:
-        """The spec with content key `key` (parsing `doc` only when it is new)."""
-        spec = self.by_key.get(key) if isinstance(key, str) else None
-        if spec is None:
-            spec = WorkflowSpec.model_validate(doc)
+    def _rendering(self, obj: S) -> _Rendered:
+        raw = self._render(obj)
+        digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        return _Rendered(digest, raw, orjson.Fragment(raw))
+
+    def parsed(self, key: str | None, doc: Any) -> S:
+        """The document with content key `key` (parsing `doc` only when it is new)."""
+        obj = self.by_key.get(key) if isinstance(key, str) else None
+        if obj is None:
+            obj = self._parse(doc)
             if isinstance(key, str):
-                self.remember(key, spec)
-        return spec
+                self.remember(key, obj)
+        return obj
 
-    def remember(self, key: str, spec: WorkflowSpec) -> None:
+    def remember(self, key: str, obj: S) -> None:
         make_room(self.by_key, self._capacity)
-        self.by_key[key] = spec
+        self.by_key[key] = obj
 
 
 class _Rendered(NamedTuple):
@@ -264,14 +278,22 @@ class _Rendered(NamedTuple):
     fragment: orjson.Fragment  # `raw`, to splice into a state's JSON
 
 
-def _render_spec(spec: WorkflowSpec) -> _Rendered:
-    raw = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return _Rendered(hashlib.blake2b(raw, digest_size=16).hexdigest(), raw, orjson.Fragment(raw))
+def _spec_bytes(spec: WorkflowSpec) -> bytes:
+    return orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+def _bundle_bytes(bundle: dict[str, WorkflowSnapshot]) -> bytes:
+    doc = {ref: snapshot.model_dump(mode="json") for ref, snapshot in bundle.items()}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def _bundle(doc: dict[str, Any]) -> dict[str, WorkflowSnapshot]:
+    return {ref: WorkflowSnapshot.model_validate(snapshot) for ref, snapshot in doc.items()}
 
 
 class SpecMissing(ValueError):
-    """A state written without its spec (`dump_state(with_spec=False)`) whose spec is
-    neither parsed in this process nor given to `load_state`."""
+    """A state written apart from its spec or bundle (`dump_state(apart=True)`) whose
+    document is neither parsed in this process nor given to `load_state`."""
 
 
 T = TypeVar("T")
@@ -305,7 +327,8 @@ def by_identity(
     return value
 
 
-_SPECS = _SpecJson()
+_SPECS: _Shared[WorkflowSpec] = _Shared(_spec_bytes, WorkflowSpec.model_validate)
+_BUNDLES: _Shared[dict[str, WorkflowSnapshot]] = _Shared(_bundle_bytes, _bundle)
 
 
 def validated_spec(workflow: Mapping[str, Any]) -> ValidationResult:
@@ -347,62 +370,74 @@ def _nodes_json(state: ExecutionState) -> dict[str, orjson.Fragment]:
 
 
 _RENDERED_APART = {"spec", "nodes"}  # never changed
+_LEFT_APART = {"spec", "nodes", "sub_workflows"}
 
 
-def spec_json(spec: WorkflowSpec) -> tuple[str, bytes]:
-    """The spec's content key and its JSON as `dump_state` writes it (rendered once a spec):
-    what `load_state` needs back for a state written without it."""
-    rendered = _SPECS.rendered(spec)
-    return rendered.key, rendered.raw
+def stored_apart(state: ExecutionState) -> list[tuple[str, bytes]]:
+    """What `dump_state(apart=True)` leaves out, as (content key, JSON): the spec and, when
+    the execution has one, its sub-workflow bundle; `load_state` needs them back."""
+    spec = _SPECS.rendered(state.spec)
+    docs = [(spec.key, spec.raw)]
+    if state.sub_workflows:
+        bundle = _BUNDLES.rendered(state.sub_workflows)
+        docs.append((bundle.key, bundle.raw))
+    return docs
 
 
-def dump_state(state: ExecutionState, *, with_spec: bool = True) -> bytes:
+def dump_state(state: ExecutionState, *, apart: bool = False) -> bytes:
     """The state as JSON bytes, with a key that lets `load_state` reuse the parsed spec.
 
     The fields but the nodes and the spec are pydantic-core's JSON as it renders them
     (`to_json`, bytes: no dict in between, a fifth faster than `model_dump` then
     `orjson.dumps`, the same bytes); the nodes' and the spec's JSON are spliced in after
-    them, rendered once each (`_nodes_json`, `_SPECS`). `with_spec=False` leaves the spec
-    out, only its key in: for a store that keeps each spec once (`spec_json`), since the
-    spec is most of a state's bytes and never changes.
+    them, rendered once each (`_nodes_json`, `_SPECS`). `apart=True` leaves the spec and
+    the sub-workflow bundle out, only their content keys in: for a store that keeps each
+    once (`stored_apart`), since they are most of a state's bytes and never change.
     """
-    fields = state.__pydantic_serializer__.to_json(state, exclude=_RENDERED_APART)
+    fields = state.__pydantic_serializer__.to_json(
+        state, exclude=_LEFT_APART if apart else _RENDERED_APART
+    )
     spec = _SPECS.rendered(state.spec)
-    apart: dict[str, Any] = {"nodes": _nodes_json(state), "spec_key": spec.key}
-    if with_spec:
-        apart["spec"] = spec.fragment
-    rest = orjson.dumps(apart)
-    return fields[:-1] + b"," + rest[1:]  # fields never empty: ids and times are required
+    rest: dict[str, Any] = {"nodes": _nodes_json(state), "spec_key": spec.key}
+    if not apart:
+        rest["spec"] = spec.fragment
+    elif state.sub_workflows:
+        rest["bundle_key"] = _BUNDLES.rendered(state.sub_workflows).key
+    return fields[:-1] + b"," + orjson.dumps(rest)[1:]  # fields never empty: ids are required
 
 
-def load_state(
-    data: bytes, stored_spec: Callable[[str], bytes | None] | None = None
-) -> ExecutionState:
+def load_state(data: bytes, stored: Callable[[str], bytes | None] | None = None) -> ExecutionState:
     """Read a state written by `dump_state`; a spec seen before is not parsed again.
 
-    A state written without its spec takes it from this process's parsed specs, else from
-    `stored_spec(spec_key)` (the JSON `spec_json()` gave when it was written).
+    A state written apart takes its spec and bundle from this process's parsed ones, else
+    from `stored(content_key)` (the JSON `stored_apart()` gave when it was written).
 
     Raises:
         pydantic.ValidationError: when the bytes are not a valid state.
-        SpecMissing: when the state's spec is not in it, not parsed here and not given.
+        SpecMissing: when the state's spec or bundle is not in it, not parsed here and not
+            stored.
     """
     doc = orjson.loads(data)
     key = doc.pop("spec_key", None)
     if "spec" in doc:
         doc["spec"] = _SPECS.parsed(key, doc["spec"])
     else:
-        doc["spec"] = _spec_apart(key, stored_spec)
+        doc["spec"] = _kept_apart(_SPECS, key, stored, "workflow spec")
+    bundle = doc.pop("bundle_key", None)
+    if bundle is not None:
+        doc["sub_workflows"] = _kept_apart(_BUNDLES, bundle, stored, "sub-workflow bundle")
     return ExecutionState.model_validate(doc)
 
 
-def _spec_apart(key: Any, stored_spec: Callable[[str], bytes | None] | None) -> WorkflowSpec:
+def _kept_apart(
+    shared: _Shared[S], key: Any, stored: Callable[[str], bytes | None] | None, what: str
+) -> S:
     if not isinstance(key, str):
-        raise SpecMissing("the state has neither a spec nor a spec key")
-    spec = _SPECS.by_key.get(key)
-    if spec is not None:
-        return spec
-    raw = None if stored_spec is None else stored_spec(key)
+        raise SpecMissing(f"the state has neither a {what} nor its key")
+    obj = shared.by_key.get(key)
+    if obj is not None:
+        return obj
+    raw = None if stored is None else stored(key)
     if raw is None:
-        raise SpecMissing(f"the workflow spec {key} of this state is not stored")
-    return _SPECS.parsed(key, orjson.loads(raw))
+        raise SpecMissing(f"the {what} {key} of this state is not stored")
+    return shared.parsed(key, orjson.loads(raw))
