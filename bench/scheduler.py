@@ -225,6 +225,12 @@ class Bench:
         self._produce(self.topics.executions_commands, encode(event, source="/bench"))
         return event.execution_id
 
+    def start_more(self, count: int, ids: list[uuid.UUID], running: set[uuid.UUID]) -> None:
+        """Start `count` executions (none when not positive), noted in `ids` and `running`."""
+        for _ in range(max(0, count)):
+            ids.append(self.start())
+            running.add(ids[-1])
+
     async def warm_up(self, in_flight: int, seconds: float) -> None:
         """Executions to the end, not measured, `in_flight` at a time for `seconds`: topic
         metadata, connections, caches, and the broker's JIT compiler. A broker started
@@ -235,9 +241,7 @@ class Bench:
         running: set[uuid.UUID] = set()
         while time.perf_counter() < end or not ids:
             running = {i for i in running if i not in self.finished}
-            for _ in range(in_flight - len(running)):
-                ids.append(self.start())
-                running.add(ids[-1])
+            self.start_more(in_flight - len(running), ids, running)
             await asyncio.sleep(0.01)
         await self.drain(ids, time.perf_counter() + 120)
 
@@ -269,9 +273,7 @@ class Bench:
                 wanted = in_flight - len(running)
             else:
                 wanted = int((now - start) * rate) + 1 - len(ids)
-            for _ in range(max(0, wanted)):
-                ids.append(self.start())
-                running.add(ids[-1])
+            self.start_more(wanted, ids, running)
             await asyncio.sleep(0.005)
         cpu_at_end = self.scheduler_cpu()
         harness_s = harness_cpu() - harness_at_window

@@ -136,9 +136,7 @@ class Intake:
                 try:
                     await self._supervise(kafka, consumer, take, loops)
                 except Exception as exc:
-                    log.exception("fetching the input topic failed; retrying")
-                    self.metrics.fetch_errors.labels(type(exc).__name__).inc()
-                    await asyncio.sleep(kafka._fetcher._retry_backoff)
+                    await self._retry_later(kafka, exc)
         finally:
             for loop in loops.values():
                 loop.cancel()
@@ -166,9 +164,13 @@ class Intake:
                     return
             except Exception as exc:
                 # never end quietly: the agent would wait for records forever
-                log.exception("fetching the input topic failed; retrying")
-                self.metrics.fetch_errors.labels(type(exc).__name__).inc()
-                await asyncio.sleep(kafka._fetcher._retry_backoff)
+                await self._retry_later(kafka, exc)
+
+    async def _retry_later(self, kafka: Any, exc: Exception) -> None:
+        """A round (or the supervisor) failed: log and count it, wait the retry backoff."""
+        log.error("fetching the input topic failed; retrying", exc_info=exc)
+        self.metrics.fetch_errors.labels(type(exc).__name__).inc()
+        await asyncio.sleep(kafka._fetcher._retry_backoff)
 
     async def _round(self, kafka: Any, consumer: Any, take: Any, node_id: int) -> bool:
         """One fetch from the broker, its records handed over; False when there is none
